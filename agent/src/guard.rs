@@ -1,0 +1,1 @@
+//! Thermal guard (placeholder until written).

@@ -1,0 +1,1 @@
+//! Board hardware (placeholder until written).

@@ -1,0 +1,1 @@
+//! Unit file rendering (placeholder until written).

@@ -1,0 +1,1 @@
+//! pki (placeholder until written).
