@@ -1,1 +1,1489 @@
-//! tls (placeholder until written).
+//! Mutual TLS for every fleet connection: rustls (ring), TLS 1.3 only, SPIFFE-style identities.
+//!
+//! Peers are authenticated by the fleet CA and identified by the one URI SAN
+//! of their certificate ([`Identity`]), never by DNS names: a client says
+//! which identity it [`Expect`]s, a server hands each request the
+//! [`PeerInfo`] of the connection it came on.
+//!
+//! * Server: [`ServerTls`] holds the current `rustls::ServerConfig`;
+//!   [`ServerTls::reload`] re-reads the files (on SIGHUP) and swaps it
+//!   atomically, so the next handshake sees a new certificate or CRL while
+//!   connections already open keep theirs. [`incoming`] turns a
+//!   `TcpListener` into the stream of authenticated connections that
+//!   `tonic::transport::Server::serve_with_incoming` takes.
+//! * Client: [`ClientTls`] dials `host:port`, does the handshake in its own
+//!   connector and returns a `tonic::transport::Channel` (the URI scheme is
+//!   `http://` because TLS is already done underneath).
+//!
+//! Session resumption is off on both sides: every connection is a full
+//! handshake, so a CRL takes effect for every new connection.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::{debug, info, warn, Instrument};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::identity::{self, Identity, IdentityError};
+
+/// How long a peer may take to complete the TLS handshake before it is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many handshakes [`incoming`] runs at once; past that it stops accepting
+/// until one finishes, so a flood of slow peers costs bounded memory.
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// How long [`ClientTls::connect`] waits for TCP and TLS to a peer.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive ping interval of client channels: a dead peer behind a
+/// partition is noticed without waiting for TCP to give up.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a keep-alive ping may go unanswered before the channel is dropped.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept()` that is not about one connection
+/// (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const ALPN_H2: &[u8] = b"h2";
+
+// ---------------------------------------------------------------------------
+// Sources of key material
+// ---------------------------------------------------------------------------
+
+/// Where PEM came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file.
+    File(PathBuf),
+    /// Bytes handed over in memory.
+    Memory,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{p:?}"),
+            Origin::Memory => f.write_str("(given in memory)"),
+        }
+    }
+}
+
+/// What a PEM input should hold, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemKind {
+    /// The fleet CA certificate(s), the trust anchors.
+    CaCertificate,
+    /// This process's certificate (chain).
+    Certificate,
+    /// This process's private key.
+    PrivateKey,
+    /// The fleet's certificate revocation list.
+    Crl,
+}
+
+impl PemKind {
+    fn hint(self) -> &'static str {
+        match self {
+            PemKind::CaCertificate => {
+                "put the fleet CA certificate there (\"fleetctl pki init\" creates it)"
+            }
+            PemKind::Certificate | PemKind::PrivateKey => {
+                "issue one with \"fleetctl pki issue controller\", \
+                 \"fleetctl pki issue agent <node>\" or \"fleetctl pki issue user <role> <name>\""
+            }
+            PemKind::Crl => "create it with \"fleetctl pki revoke\", or configure no CRL",
+        }
+    }
+}
+
+impl fmt::Display for PemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PemKind::CaCertificate => "CA certificate",
+            PemKind::Certificate => "certificate",
+            PemKind::PrivateKey => "private key",
+            PemKind::Crl => "CRL",
+        })
+    }
+}
+
+/// The files a process's TLS is built from; read again on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The fleet CA certificate(s). Several are trusted at once during a CA rotation.
+    pub ca: PathBuf,
+    /// This process's certificate (leaf first).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The fleet CRL, if revocation is in use.
+    pub crl: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// CA, certificate and key, no CRL.
+    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            crl: None,
+        }
+    }
+
+    /// Also check peers against this CRL.
+    pub fn with_crl(mut self, crl: impl Into<PathBuf>) -> Self {
+        self.crl = Some(crl.into());
+        self
+    }
+}
+
+/// The same material as [`TlsFiles`], already in memory.
+#[derive(Clone, Default)]
+pub struct TlsPem {
+    /// The fleet CA certificate(s), PEM.
+    pub ca: Vec<u8>,
+    /// This process's certificate (chain), PEM.
+    pub cert: Vec<u8>,
+    /// Its private key, PEM.
+    pub key: Vec<u8>,
+    /// The fleet CRL, PEM, if any.
+    pub crl: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &self.ca.len())
+            .field("cert", &self.cert.len())
+            .field("crl", &self.crl.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsPem {
+    /// CA, certificate and key, no CRL.
+    pub fn new(ca: impl Into<Vec<u8>>, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        TlsPem {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            crl: None,
+        }
+    }
+
+    /// Also check peers against this CRL.
+    pub fn with_crl(mut self, crl: impl Into<Vec<u8>>) -> Self {
+        self.crl = Some(crl.into());
+        self
+    }
+}
+
+/// Files or memory.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// Read from files, again on every reload.
+    Files(TlsFiles),
+    /// Given in memory; a reload rebuilds from the same bytes.
+    Pem(TlsPem),
+}
+
+impl From<TlsFiles> for TlsSource {
+    fn from(f: TlsFiles) -> Self {
+        TlsSource::Files(f)
+    }
+}
+
+impl From<TlsPem> for TlsSource {
+    fn from(p: TlsPem) -> Self {
+        TlsSource::Pem(p)
+    }
+}
+
+/// Everything read from a source, checked for consistency.
+struct Material {
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    identity: Identity,
+    cert_origin: Origin,
+    key_origin: Origin,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(kind: PemKind, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        kind,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_items<T: PemObject>(kind: PemKind, origin: &Origin, pem: &[u8]) -> Result<Vec<T>, TlsError> {
+    let items = T::pem_slice_iter(pem)
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|source| TlsError::Pem {
+            kind,
+            origin: origin.clone(),
+            source,
+        })?;
+    if items.is_empty() {
+        return Err(TlsError::Empty {
+            kind,
+            origin: origin.clone(),
+        });
+    }
+    Ok(items)
+}
+
+/// The extended key usage this process's own certificate must allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+impl Material {
+    fn load(source: &TlsSource, side: Side) -> Result<Material, TlsError> {
+        let (ca, cert, key, crl, origins) = match source {
+            TlsSource::Files(f) => (
+                read(PemKind::CaCertificate, &f.ca)?,
+                read(PemKind::Certificate, &f.cert)?,
+                read(PemKind::PrivateKey, &f.key)?,
+                f.crl
+                    .as_deref()
+                    .map(|p| read(PemKind::Crl, p))
+                    .transpose()?,
+                [
+                    Origin::File(f.ca.clone()),
+                    Origin::File(f.cert.clone()),
+                    Origin::File(f.key.clone()),
+                    Origin::File(f.crl.clone().unwrap_or_default()),
+                ],
+            ),
+            TlsSource::Pem(p) => (
+                p.ca.clone(),
+                p.cert.clone(),
+                p.key.clone(),
+                p.crl.clone(),
+                [
+                    Origin::Memory,
+                    Origin::Memory,
+                    Origin::Memory,
+                    Origin::Memory,
+                ],
+            ),
+        };
+        let [ca_origin, cert_origin, key_origin, crl_origin] = origins;
+
+        let mut roots = RootCertStore::empty();
+        for der in pem_items::<CertificateDer>(PemKind::CaCertificate, &ca_origin, &ca)? {
+            roots.add(der).map_err(|source| TlsError::BadCa {
+                origin: ca_origin.clone(),
+                source,
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let chain = pem_items::<CertificateDer>(PemKind::Certificate, &cert_origin, &cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|source| TlsError::Pem {
+            kind: PemKind::PrivateKey,
+            origin: key_origin.clone(),
+            source,
+        })?;
+        let crls = match crl {
+            Some(crl) => {
+                pem_items::<CertificateRevocationListDer>(PemKind::Crl, &crl_origin, &crl)?
+            }
+            None => Vec::new(),
+        };
+
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).map_err(|e| TlsError::Identity {
+            origin: cert_origin.clone(),
+            source: IdentityError::Certificate(match e {
+                x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+                x509_parser::nom::Err::Incomplete(_) => {
+                    x509_parser::error::X509Error::InvalidCertificate
+                }
+            }),
+        })?;
+        let identity = identity::identity_of(&leaf).map_err(|source| TlsError::Identity {
+            origin: cert_origin.clone(),
+            source,
+        })?;
+
+        let provider = provider();
+        rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+            |source| TlsError::KeyMismatch {
+                cert: cert_origin.clone(),
+                key: key_origin.clone(),
+                source,
+            },
+        )?;
+
+        // Check our own certificate the way peers will, so that a certificate
+        // from another CA, a wrong usage, a CRL from elsewhere or our own
+        // revocation is a clear error now rather than failed handshakes later.
+        // The check runs at a time inside the certificate's validity: a clock
+        // that is off (a board without RTC before NTP) only warns, because
+        // peers with a good clock will still accept us.
+        let not_before = leaf.validity().not_before.timestamp();
+        let not_after = leaf.validity().not_after.timestamp();
+        let now = unix_now();
+        let at = now.clamp(not_before.saturating_add(1), not_after.saturating_sub(1));
+        if now != at {
+            warn!(
+                cert = %cert_origin,
+                %identity,
+                not_before,
+                not_after,
+                now,
+                "this process's certificate is not valid at the current time: \
+                 peers will refuse it; check the clock or issue a new certificate",
+            );
+        }
+        let owned_crls = crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::BadCrl {
+                crl: crl_origin.clone(),
+                ca: ca_origin.clone(),
+                source,
+            })?;
+        let crl_list: Vec<webpki::CertRevocationList<'_>> =
+            owned_crls.into_iter().map(Into::into).collect();
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = crl_list.iter().collect();
+        let usage = match side {
+            Side::Server => webpki::KeyUsage::server_auth(),
+            Side::Client => webpki::KeyUsage::client_auth(),
+        };
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(at.max(0) as u64));
+        webpki::EndEntityCert::try_from(&chain[0])
+            .and_then(|ee| {
+                ee.verify_for_usage(
+                    provider.signature_verification_algorithms.all,
+                    &roots.roots,
+                    &chain[1..],
+                    at,
+                    usage,
+                    revocation_options(&crl_refs),
+                    None,
+                )
+                .map(|_| ())
+            })
+            .map_err(|source| match source {
+                webpki::Error::CertRevoked => TlsError::OwnCertRevoked {
+                    cert: cert_origin.clone(),
+                    crl: crl_origin.clone(),
+                    identity: Box::new(identity.clone()),
+                },
+                webpki::Error::RequiredEkuNotFoundContext(_) => TlsError::WrongUsage {
+                    cert: cert_origin.clone(),
+                    identity: Box::new(identity.clone()),
+                    usage: match side {
+                        Side::Server => "serving",
+                        Side::Client => "client authentication",
+                    },
+                },
+                webpki::Error::UnknownRevocationStatus
+                | webpki::Error::InvalidCrlSignatureForPublicKey
+                | webpki::Error::IssuerNotCrlSigner
+                | webpki::Error::UnsupportedCrlSignatureAlgorithmContext(_)
+                | webpki::Error::UnsupportedCrlVersion
+                | webpki::Error::UnsupportedDeltaCrl
+                | webpki::Error::UnsupportedIndirectCrl
+                | webpki::Error::InvalidCrlNumber => TlsError::BadCrl {
+                    crl: crl_origin.clone(),
+                    ca: ca_origin.clone(),
+                    source,
+                },
+                source => TlsError::Untrusted {
+                    cert: cert_origin.clone(),
+                    ca: ca_origin.clone(),
+                    source,
+                },
+            })?;
+
+        Ok(Material {
+            provider,
+            roots,
+            crls,
+            chain,
+            key,
+            identity,
+            cert_origin,
+            key_origin,
+        })
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Revocation is checked for the leaf only (fleet certificates are issued
+/// directly by the CA), and a CRL must cover the certificate: the fleet CA's
+/// CRL always does, and an unrelated CRL is refused when it is loaded.
+/// A CRL past its next-update is still used rather than locking everyone out.
+fn revocation_options<'a>(
+    crls: &'a [&'a webpki::CertRevocationList<'a>],
+) -> Option<webpki::RevocationOptions<'a>> {
+    webpki::RevocationOptionsBuilder::new(crls).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::EndEntity)
+            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build()
+    })
+}
+
+fn rustls_cert_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as E;
+    let ce = match e {
+        E::BadDer | E::BadDerTime | E::TrailingData(_) => CertificateError::BadEncoding,
+        E::CertExpired { .. } => CertificateError::Expired,
+        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::CertRevoked => CertificateError::Revoked,
+        E::UnknownIssuer => CertificateError::UnknownIssuer,
+        E::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        e => CertificateError::Other(OtherError(Arc::new(e))),
+    };
+    rustls::Error::InvalidCertificate(ce)
+}
+
+fn rustls_other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// A peer certificate that verified against the CA but names someone we did not expect.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerIdentityError {
+    /// The certificate's URI SAN is not a valid fleet identity.
+    #[error("the peer's certificate carries no valid fleet identity")]
+    Invalid(#[source] IdentityError),
+    /// The peer belongs to another fleet.
+    #[error("the peer is {peer}, which is not in fleet \"{fleet}\"")]
+    OtherFleet {
+        /// The peer's identity.
+        peer: Box<Identity>,
+        /// Our fleet.
+        fleet: String,
+    },
+    /// The peer is in our fleet but is not who we dialled.
+    #[error("the peer is {peer}, but {expected} was expected")]
+    Unexpected {
+        /// The peer's identity.
+        peer: Box<Identity>,
+        /// Whom we expected.
+        expected: Expect,
+    },
+}
+
+fn peer_identity(der: &CertificateDer<'_>, fleet: &str) -> Result<Identity, PeerIdentityError> {
+    let peer = identity::principal_from_cert_der(der).map_err(PeerIdentityError::Invalid)?;
+    if peer.fleet() != fleet {
+        return Err(PeerIdentityError::OtherFleet {
+            peer: Box::new(peer),
+            fleet: fleet.to_owned(),
+        });
+    }
+    Ok(peer)
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/// Requires a client certificate from the fleet CA (webpki, with the CRL) and
+/// then a valid identity of our own fleet; what the identity may do is for
+/// the server's authorization table.
+#[derive(Debug)]
+struct FleetClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    fleet: String,
+}
+
+impl ClientCertVerifier for FleetClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        peer_identity(end_entity, &self.fleet).map_err(rustls_other)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+struct ServerState {
+    config: Arc<ServerConfig>,
+    identity: Identity,
+}
+
+struct ServerInner {
+    source: TlsSource,
+    state: RwLock<ServerState>,
+}
+
+/// The server's TLS configuration, shared by the accept loop and whoever
+/// handles SIGHUP. Cloning shares it.
+#[derive(Clone)]
+pub struct ServerTls {
+    inner: Arc<ServerInner>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("source", &self.inner.source)
+            .field("identity", &self.identity())
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Loads and checks the material; the certificate must allow serverAuth
+    /// (a controller or agent certificate).
+    pub fn new(source: impl Into<TlsSource>) -> Result<Self, TlsError> {
+        let source = source.into();
+        let state = build_server(&source)?;
+        Ok(ServerTls {
+            inner: Arc::new(ServerInner {
+                source,
+                state: RwLock::new(state),
+            }),
+        })
+    }
+
+    /// [`ServerTls::new`] from files.
+    pub fn from_files(files: TlsFiles) -> Result<Self, TlsError> {
+        ServerTls::new(files)
+    }
+
+    /// [`ServerTls::new`] from PEM in memory.
+    pub fn from_pem(pem: TlsPem) -> Result<Self, TlsError> {
+        ServerTls::new(pem)
+    }
+
+    /// Re-reads the source and swaps the configuration for the next handshakes.
+    ///
+    /// Connections already established keep the configuration they were
+    /// made with. On any error the current configuration stays in use. The
+    /// certificate must keep naming the same identity: changing who a
+    /// process is takes a restart.
+    pub fn reload(&self) -> Result<Identity, TlsError> {
+        let new = build_server(&self.inner.source)?;
+        let mut state = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if new.identity != state.identity {
+            return Err(TlsError::IdentityChanged {
+                now: Box::new(new.identity),
+                running: Box::new(state.identity.clone()),
+            });
+        }
+        *state = new;
+        info!(identity = %state.identity, "TLS configuration reloaded");
+        Ok(state.identity.clone())
+    }
+
+    /// The configuration the next handshake will use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.read_state().config.clone()
+    }
+
+    /// Who this server is, from its own certificate.
+    pub fn identity(&self) -> Identity {
+        self.read_state().identity.clone()
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, ServerState> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn build_server(source: &TlsSource) -> Result<ServerState, TlsError> {
+    let m = Material::load(source, Side::Server)?;
+    let inner = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), m.provider.clone())
+        .with_crls(m.crls.iter().cloned())
+        .only_check_end_entity_revocation()
+        .build()
+        .map_err(|source| TlsError::Verifier { source })?;
+    let verifier = Arc::new(FleetClientVerifier {
+        inner,
+        fleet: m.identity.fleet().to_owned(),
+    });
+    let mut config = ServerConfig::builder_with_provider(m.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Config { source })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(m.chain, m.key)
+        .map_err(|source| TlsError::KeyMismatch {
+            cert: m.cert_origin,
+            key: m.key_origin,
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: a resumed session would skip the client certificate
+    // check, and with it a CRL loaded since.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(ServerState {
+        config: Arc::new(config),
+        identity: m.identity,
+    })
+}
+
+/// Who is on the other end of a server connection; in every request's
+/// extensions (`request.extensions().get::<PeerInfo>()`, or [`peer_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    identity: Identity,
+    remote_addr: SocketAddr,
+}
+
+impl PeerInfo {
+    /// The identity named by the peer's certificate, verified against the
+    /// fleet CA and CRL.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote_addr
+    }
+}
+
+/// The [`PeerInfo`] of the connection a request came on, or `UNAUTHENTICATED`
+/// if the server was not started with [`incoming`].
+pub fn peer_info<T>(request: &tonic::Request<T>) -> Result<&PeerInfo, tonic::Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .ok_or_else(|| tonic::Status::unauthenticated("no verified TLS peer on this connection"))
+}
+
+/// An accepted, authenticated TLS connection, as yielded by [`incoming`].
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+impl fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConn").field("peer", &self.peer).finish()
+    }
+}
+
+impl TlsConn {
+    fn new(
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        remote_addr: SocketAddr,
+    ) -> Result<Self, PeerIdentityError> {
+        let (_, session) = stream.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(PeerIdentityError::Invalid(IdentityError::NoUriSan))?;
+        let identity =
+            identity::principal_from_cert_der(leaf).map_err(PeerIdentityError::Invalid)?;
+        Ok(TlsConn {
+            stream,
+            peer: PeerInfo {
+                identity,
+                remote_addr,
+            },
+        })
+    }
+
+    /// Who is connected.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Limits of [`incoming_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingOptions {
+    /// A peer that has not completed its handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once.
+    pub max_concurrent_handshakes: usize,
+}
+
+impl Default for IncomingOptions {
+    fn default() -> Self {
+        IncomingOptions {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+        }
+    }
+}
+
+/// Authenticated connections from `listener`, for
+/// `tonic::transport::Server::builder().serve_with_incoming(incoming(listener, tls))`.
+///
+/// Each handshake runs in its own task with [`DEFAULT_HANDSHAKE_TIMEOUT`],
+/// using the configuration current when the connection was accepted, so
+/// a slow or hostile peer never holds up the others. Failed handshakes are
+/// logged at debug level and dropped; the stream never yields an error.
+/// Dropping the stream stops accepting and closes the listener.
+///
+/// Must be called inside a tokio runtime.
+pub fn incoming(
+    listener: TcpListener,
+    tls: ServerTls,
+) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + Unpin + 'static {
+    incoming_with(listener, tls, IncomingOptions::default())
+}
+
+/// [`incoming`] with explicit limits.
+pub fn incoming_with(
+    listener: TcpListener,
+    tls: ServerTls,
+    options: IncomingOptions,
+) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + Unpin + 'static {
+    let max = options.max_concurrent_handshakes.max(1);
+    let (tx, rx) = mpsc::channel(max);
+    let span = tracing::debug_span!(
+        "tls_accept",
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+    );
+    tokio::spawn(accept_loop(listener, tls, options, max, tx).instrument(span));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: ServerTls,
+    options: IncomingOptions,
+    max: usize,
+    tx: mpsc::Sender<Result<TlsConn, io::Error>>,
+) {
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let permit = tokio::select! {
+            _ = tx.closed() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (tcp, remote) = tokio::select! {
+            _ = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) if is_per_connection(&error) => {
+                    debug!(%error, "accept failed for one connection");
+                    continue;
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed; retrying shortly");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%remote, %error, "cannot set TCP_NODELAY");
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let tx = tx.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let stream =
+                    match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(timeout = ?options.handshake_timeout, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                match TlsConn::new(stream, remote) {
+                    Ok(conn) => {
+                        debug!(peer = %conn.peer.identity, "TLS connection accepted");
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Err(error) => debug!(%error, "TLS peer refused"),
+                }
+            }
+            .instrument(tracing::debug_span!("tls_handshake", %remote)),
+        );
+    }
+}
+
+/// Errors of `accept()` that concern one connection only (it was reset
+/// before we took it): try the next one at once.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// Whom a client expects to find at the address it dials. The peer must also
+/// be in the client's own fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// The controller.
+    Controller,
+    /// The agent of this node.
+    Agent(String),
+    /// Any agent (fleetctl talking to a single board with `--agent host:port`).
+    AnyAgent,
+    /// Exactly this identity.
+    Exactly(Identity),
+}
+
+impl Expect {
+    /// Whether `peer` is acceptable.
+    pub fn matches(&self, peer: &Identity) -> bool {
+        match self {
+            Expect::Controller => peer.is_controller(),
+            Expect::Agent(node) => peer.agent_node() == Some(node.as_str()),
+            Expect::AnyAgent => peer.agent_node().is_some(),
+            Expect::Exactly(id) => id == peer,
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Controller => f.write_str("the controller"),
+            Expect::Agent(node) => write!(f, "agent \"{node}\""),
+            Expect::AnyAgent => f.write_str("an agent"),
+            Expect::Exactly(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Checks the server's chain against the fleet CA (and CRL, if given) with
+/// webpki, then its identity against [`Expect`], instead of a DNS name.
+#[derive(Debug)]
+struct FleetServerVerifier {
+    roots: Arc<RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
+    fleet: String,
+    expect: Expect,
+}
+
+impl ServerCertVerifier for FleetServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        webpki::EndEntityCert::try_from(end_entity)
+            .and_then(|ee| {
+                ee.verify_for_usage(
+                    self.algorithms.all,
+                    &self.roots.roots,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                    revocation_options(&crl_refs),
+                    None,
+                )
+                .map(|_| ())
+            })
+            .map_err(rustls_cert_error)?;
+        let peer = peer_identity(end_entity, &self.fleet).map_err(rustls_other)?;
+        if !self.expect.matches(&peer) {
+            return Err(rustls_other(PeerIdentityError::Unexpected {
+                peer: Box::new(peer),
+                expected: self.expect.clone(),
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+struct ClientInner {
+    source: TlsSource,
+    material: RwLock<Arc<Material>>,
+}
+
+/// A client's TLS material (CA, certificate, key, optional CRL). Cloning
+/// shares it; [`ClientTls::reload`] affects connections made afterwards,
+/// including reconnects of lazy channels.
+#[derive(Clone)]
+pub struct ClientTls {
+    inner: Arc<ClientInner>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("source", &self.inner.source)
+            .field("identity", &self.identity())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Loads and checks the material; the certificate must allow clientAuth.
+    pub fn new(source: impl Into<TlsSource>) -> Result<Self, TlsError> {
+        let source = source.into();
+        let material = Material::load(&source, Side::Client)?;
+        Ok(ClientTls {
+            inner: Arc::new(ClientInner {
+                source,
+                material: RwLock::new(Arc::new(material)),
+            }),
+        })
+    }
+
+    /// From the fleet CA certificate, this client's certificate and its key.
+    pub fn from_files(
+        ca: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self, TlsError> {
+        ClientTls::new(TlsFiles::new(ca, cert, key))
+    }
+
+    /// The same from PEM bytes.
+    pub fn from_pem(
+        ca: impl Into<Vec<u8>>,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<Self, TlsError> {
+        ClientTls::new(TlsPem::new(ca, cert, key))
+    }
+
+    /// Re-reads the source for connections made from now on; on error the
+    /// current material stays. The identity must not change.
+    pub fn reload(&self) -> Result<Identity, TlsError> {
+        let new = Material::load(&self.inner.source, Side::Client)?;
+        let mut material = self
+            .inner
+            .material
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if new.identity != material.identity {
+            return Err(TlsError::IdentityChanged {
+                now: Box::new(new.identity),
+                running: Box::new(material.identity.clone()),
+            });
+        }
+        *material = Arc::new(new);
+        info!(identity = %material.identity, "client TLS material reloaded");
+        Ok(material.identity.clone())
+    }
+
+    /// Who this client is, from its own certificate.
+    pub fn identity(&self) -> Identity {
+        self.material().identity.clone()
+    }
+
+    fn material(&self) -> Arc<Material> {
+        self.inner
+            .material
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A rustls configuration that presents our certificate and accepts
+    /// only a server of our fleet matching `expect`.
+    pub fn client_config(&self, expect: Expect) -> Result<Arc<ClientConfig>, TlsError> {
+        let m = self.material();
+        let crls = m
+            .crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c).map(Into::into))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::BadCrl {
+                crl: Origin::Memory,
+                ca: Origin::Memory,
+                source,
+            })?;
+        let verifier = Arc::new(FleetServerVerifier {
+            roots: m.roots.clone(),
+            crls,
+            algorithms: m.provider.signature_verification_algorithms,
+            fleet: m.identity.fleet().to_owned(),
+            expect,
+        });
+        let mut config = ClientConfig::builder_with_provider(m.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|source| TlsError::Config { source })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(m.chain.clone(), m.key.clone_key())
+            .map_err(|source| TlsError::KeyMismatch {
+                cert: m.cert_origin.clone(),
+                key: m.key_origin.clone(),
+                source,
+            })?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        // The server is identified by its certificate's URI SAN, not by a
+        // name we would have to send in the clear.
+        config.enable_sni = false;
+        Ok(Arc::new(config))
+    }
+
+    /// An endpoint for `addr` (`host:port`, or a `SocketAddr`) with the
+    /// fleet's defaults: connect timeout and HTTP/2 keep-alive. Adjust it,
+    /// then connect it with [`ClientTls::connector`].
+    pub fn endpoint(addr: impl fmt::Display) -> Result<Endpoint, TlsError> {
+        let addr = addr.to_string();
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
+            TlsError::Address {
+                addr: addr.clone(),
+                source,
+            }
+        })?;
+        let uri = endpoint.uri();
+        if uri.port_u16().is_none() || uri.path() != "/" || uri.query().is_some() {
+            return Err(TlsError::NoPort { addr });
+        }
+        Ok(endpoint
+            .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(DEFAULT_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(DEFAULT_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true))
+    }
+
+    /// The connector for `Endpoint::connect_with_connector`: dials TCP, then
+    /// does the TLS handshake expecting `expect`.
+    pub fn connector(&self, expect: Expect) -> TlsConnector {
+        TlsConnector {
+            tls: self.clone(),
+            expect,
+        }
+    }
+
+    /// Connects now; fails if the peer cannot be reached or is not `expect`.
+    pub async fn connect(
+        &self,
+        addr: impl fmt::Display,
+        expect: Expect,
+    ) -> Result<Channel, TlsError> {
+        let addr = addr.to_string();
+        let endpoint = ClientTls::endpoint(&addr)?;
+        endpoint
+            .connect_with_connector(self.connector(expect.clone()))
+            .await
+            .map_err(|source| TlsError::Connect {
+                addr,
+                expect,
+                source,
+            })
+    }
+
+    /// A channel that connects on first use and reconnects after failures:
+    /// for long-lived channels (controller to agents).
+    pub fn connect_lazy(
+        &self,
+        addr: impl fmt::Display,
+        expect: Expect,
+    ) -> Result<Channel, TlsError> {
+        let endpoint = ClientTls::endpoint(addr)?;
+        Ok(endpoint.connect_with_connector_lazy(self.connector(expect)))
+    }
+}
+
+/// A `tower::Service<Uri>` that dials TCP and does the client TLS handshake.
+#[derive(Clone, Debug)]
+pub struct TlsConnector {
+    tls: ClientTls,
+    expect: Expect,
+}
+
+impl TlsConnector {
+    async fn dial(
+        self,
+        uri: Uri,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, TlsError> {
+        let addr = uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| uri.to_string());
+        let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+            return Err(TlsError::NoPort { addr });
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| TlsError::NoPort { addr: addr.clone() })?;
+        let config = self.tls.client_config(self.expect.clone())?;
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|source| TlsError::Dial {
+                addr: addr.clone(),
+                source,
+            })?;
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%addr, %error, "cannot set TCP_NODELAY");
+        }
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| TlsError::Handshake {
+                addr,
+                expect: self.expect.clone(),
+                source,
+            })?;
+        Ok(TokioIo::new(stream))
+    }
+}
+
+impl tower::Service<Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = TlsError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TlsError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TlsError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().dial(uri))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Why TLS material could not be loaded or a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {kind} {path:?}; {}", kind.hint())]
+    Read {
+        /// What the file should hold.
+        kind: PemKind,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The input is not PEM of the expected kind.
+    #[error("{kind} {origin} is not valid PEM; {}", kind.hint())]
+    Pem {
+        /// What it should hold.
+        kind: PemKind,
+        /// Where it came from.
+        origin: Origin,
+        /// The PEM parser's reason.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The input holds no PEM block of the expected kind.
+    #[error("{origin} holds no {kind}; {}", kind.hint())]
+    Empty {
+        /// What it should hold.
+        kind: PemKind,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// A CA certificate could not be used as a trust anchor.
+    #[error("CA certificate {origin} cannot be used as a trust anchor; {}", PemKind::CaCertificate.hint())]
+    BadCa {
+        /// Where it came from.
+        origin: Origin,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// Our own certificate carries no valid fleet identity.
+    #[error("certificate {origin} is not a fleet certificate; {}", PemKind::Certificate.hint())]
+    Identity {
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong with its identity.
+        #[source]
+        source: IdentityError,
+    },
+    /// The key does not fit the certificate (or is of an unsupported kind).
+    #[error("private key {key} does not belong to certificate {cert}, or cannot be used; issue both together with \"fleetctl pki issue\"")]
+    KeyMismatch {
+        /// The certificate.
+        cert: Origin,
+        /// The key.
+        key: Origin,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// Our own certificate does not verify against the configured CA.
+    #[error("certificate {cert} does not verify against the fleet CA {ca}; issue it from this fleet's CA (\"fleetctl pki issue\") or point to the right CA certificate")]
+    Untrusted {
+        /// The certificate.
+        cert: Origin,
+        /// The CA certificate(s).
+        ca: Origin,
+        /// webpki's reason.
+        #[source]
+        source: webpki::Error,
+    },
+    /// Our own certificate lacks the usage this side needs.
+    #[error("certificate {cert} ({identity}) is not valid for {usage}; servers need a controller or agent certificate")]
+    WrongUsage {
+        /// The certificate.
+        cert: Origin,
+        /// Its identity.
+        identity: Box<Identity>,
+        /// What it was to be used for.
+        usage: &'static str,
+    },
+    /// Our own certificate is on the CRL.
+    #[error("certificate {cert} ({identity}) is revoked by CRL {crl}; issue a new one with \"fleetctl pki issue\"")]
+    OwnCertRevoked {
+        /// The certificate.
+        cert: Origin,
+        /// The CRL.
+        crl: Origin,
+        /// Its identity.
+        identity: Box<Identity>,
+    },
+    /// The CRL does not parse, is not signed by the fleet CA, or does not cover its certificates.
+    #[error("CRL {crl} is not a valid CRL of the fleet CA {ca}; {}", PemKind::Crl.hint())]
+    BadCrl {
+        /// The CRL.
+        crl: Origin,
+        /// The CA certificate(s).
+        ca: Origin,
+        /// webpki's reason.
+        #[source]
+        source: webpki::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("cannot build the TLS configuration")]
+    Config {
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused the client verifier (e.g. an unusable CRL).
+    #[error("cannot build the client certificate verifier from the CA and CRL")]
+    Verifier {
+        /// rustls's reason.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// A reload found a certificate naming someone else.
+    #[error("the certificate now names {now}, but this process runs as {running}; restart it to change identity")]
+    IdentityChanged {
+        /// What the new certificate names.
+        now: Box<Identity>,
+        /// Who this process is.
+        running: Box<Identity>,
+    },
+    /// The address does not parse.
+    #[error("\"{addr}\" is not a valid address; use host:port")]
+    Address {
+        /// The rejected address.
+        addr: String,
+        /// tonic's reason.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The address names no port, or more than a host and port.
+    #[error("\"{addr}\" is not a valid address; use host:port, e.g. 127.0.0.1:7443")]
+    NoPort {
+        /// The rejected address.
+        addr: String,
+    },
+    /// TCP could not connect.
+    #[error("cannot connect to {addr}")]
+    Dial {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS handshake failed, e.g. the peer is not who we expected.
+    #[error("TLS handshake with {addr} (expecting {expect}) failed")]
+    Handshake {
+        /// The address.
+        addr: String,
+        /// Whom we expected.
+        expect: Expect,
+        /// The handshake error (a rustls error inside).
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC channel could not be established.
+    #[error("cannot open a gRPC channel to {addr} (expecting {expect})")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Whom we expected.
+        expect: Expect,
+        /// tonic's error, with the dial or handshake error inside.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
