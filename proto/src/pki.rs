@@ -240,11 +240,21 @@ impl Ca {
     pub fn init_with_validity(fleet: &str, validity: Duration) -> Result<Ca, PkiError> {
         identity::validate_name(NameKind::Fleet, fleet)?;
         let (not_before, not_after) = validity_window(validity)?;
+        let serial = Serial::random()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
+        // A CA made by a later `pki init` for the same fleet gets another
+        // name, so peers report its certificates as from an unknown issuer
+        // rather than as badly signed ones of the CA they know.
+        let tag: String = serial
+            .to_string()
+            .replace(':', "")
+            .chars()
+            .take(8)
+            .collect();
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("{fleet} fleet CA"));
+            .push(DnType::CommonName, format!("{fleet} fleet CA {tag}"));
         params
             .distinguished_name
             .push(DnType::OrganizationName, fleet);
@@ -255,7 +265,7 @@ impl Ca {
                 .try_into()
                 .map_err(|e| generate("encode the CA's URI", e))?,
         )];
-        params.serial_number = Some(SerialNumber::from_slice(Serial::random()?.as_bytes()));
+        params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
         params.not_before = not_before;
         params.not_after = not_after;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)

@@ -511,6 +511,31 @@ pub enum PeerIdentityError {
     },
 }
 
+/// The identity complaint inside a failed handshake, if that is why it failed.
+fn peer_identity_error(e: &io::Error) -> Option<PeerIdentityError> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            inner.downcast_ref::<PeerIdentityError>().cloned()
+        }
+        _ => None,
+    }
+}
+
+/// A handshake error for a log line: rustls shows our own verifier errors
+/// with `Debug`, so those are shown with their message instead.
+fn describe_handshake_error(e: &io::Error) -> String {
+    match peer_identity_error(e) {
+        Some(p) => {
+            let mut s = p.to_string();
+            if let Some(source) = std::error::Error::source(&p) {
+                s = format!("{s}: {source}");
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
 fn peer_identity(der: &CertificateDer<'_>, fleet: &str) -> Result<Identity, PeerIdentityError> {
     let peer = identity::principal_from_cert_der(der).map_err(PeerIdentityError::Invalid)?;
     if peer.fleet() != fleet {
@@ -920,6 +945,7 @@ async fn accept_loop(
                     {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
+                            let error = describe_handshake_error(&error);
                             debug!(%error, "TLS handshake failed");
                             return;
                         }
@@ -1287,10 +1313,13 @@ impl TlsConnector {
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
-            .map_err(|source| TlsError::Handshake {
-                addr,
-                expect: self.expect.clone(),
-                source,
+            .map_err(|source| match peer_identity_error(&source) {
+                Some(source) => TlsError::WrongPeer { addr, source },
+                None => TlsError::Handshake {
+                    addr,
+                    expect: self.expect.clone(),
+                    source,
+                },
             })?;
         Ok(TokioIo::new(stream))
     }
@@ -1474,6 +1503,15 @@ pub enum TlsError {
         /// The handshake error (a rustls error inside).
         #[source]
         source: io::Error,
+    },
+    /// The server's certificate is valid but names someone else.
+    #[error("the server at {addr} is not the one expected")]
+    WrongPeer {
+        /// The address.
+        addr: String,
+        /// Whom it is, and whom we expected.
+        #[source]
+        source: PeerIdentityError,
     },
     /// The gRPC channel could not be established.
     #[error("cannot open a gRPC channel to {addr} (expecting {expect})")]
