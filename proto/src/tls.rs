@@ -17,6 +17,53 @@
 //!
 //! Session resumption is off on both sides: every connection is a full
 //! handshake, so a CRL takes effect for every new connection.
+//!
+//! A server (here the standard health service; a handler reads the caller
+//! with [`peer_info`]):
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! use fleet_proto::tls::{incoming, ServerTls, TlsFiles};
+//! use tokio::signal::unix::{signal, SignalKind};
+//!
+//! let tls = ServerTls::from_files(
+//!     TlsFiles::new("/etc/fleet/ca.pem", "/etc/fleet/agent.pem", "/etc/fleet/agent.key")
+//!         .with_crl("/etc/fleet/crl.pem"),
+//! )?;
+//! let reloader = tls.clone();
+//! let mut hangups = signal(SignalKind::hangup())?;
+//! tokio::spawn(async move {
+//!     while hangups.recv().await.is_some() {
+//!         if let Err(error) = reloader.reload() {
+//!             tracing::warn!(error = %error, "keeping the current TLS configuration");
+//!         }
+//!     }
+//! });
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:7443").await?;
+//! let (_, health) = tonic_health::server::health_reporter();
+//! tonic::transport::Server::builder()
+//!     .add_service(health)
+//!     .serve_with_incoming(incoming(listener, tls))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A client:
+//!
+//! ```no_run
+//! # async fn call() -> Result<(), Box<dyn std::error::Error>> {
+//! use fleet_proto::tls::{ClientTls, Expect};
+//! use fleet_proto::v1::agent_client::AgentClient;
+//!
+//! let tls = ClientTls::from_files(
+//!     "/etc/fleet/ca.pem",
+//!     "/etc/fleet/controller.pem",
+//!     "/etc/fleet/controller.key",
+//! )?;
+//! let channel = tls.connect("jetson-01.lab:7443", Expect::Agent("jetson-01".into())).await?;
+//! let agent = AgentClient::new(channel);
+//! # drop(agent); Ok(()) }
+//! ```
 
 use std::fmt;
 use std::future::Future;
