@@ -3,6 +3,16 @@
 //!
 //! Must never live here: scheduling across boards (the controller's job).
 
+pub mod app;
+pub mod config;
+pub mod experiments;
+pub mod grpc;
 pub mod guard;
 pub mod hw;
+pub mod logs;
+pub mod node;
+pub mod oom;
+pub mod status;
+pub mod store;
+pub mod systemd;
 pub mod unit_file;

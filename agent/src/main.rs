@@ -1,1 +1,100 @@
-fn main() {}
+//! `fleet-agent`: a thin main. Parses flags, reads the config (exit 64 on a
+//! bad one), builds the app and serves until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_agent::app::App;
+use fleet_agent::config::AgentConfig;
+
+/// sysexits' EX_CONFIG.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-agent",
+    version,
+    about = "Runs one Jetson board's fleet experiments"
+)]
+struct Cli {
+    /// Path of agent.toml.
+    #[arg(
+        long,
+        default_value = "/etc/fleet/agent.toml",
+        env = "FLEET_AGENT_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a config file with every default.
+    GenConfig,
+    /// Check the config file and exit.
+    CheckConfig,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Some(Command::GenConfig) => {
+            print!(
+                "{}",
+                toml::to_string(&AgentConfig::example()).expect("serializes")
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::CheckConfig) | None => {}
+    }
+    let config = match AgentConfig::from_file(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-agent: {}", fleet_agent::grpc::error_chain(&e));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async move {
+        let app = App::build(config).await?;
+        app.run(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,675 @@
+//! The board's experiments: start, stop, restart, remove, autostart, watch.
+//!
+//! **Invariants.** systemd is the source of truth for what runs; the agent
+//! never stops a unit because it stops itself. Only units named
+//! `brain-experiment@<valid id>.service` are touched. Bad input is refused
+//! before any file, record or D-Bus call. Mutations are serialised by one
+//! lock; reads never take it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::spec::{ExperimentId, ExperimentSpec, InvalidValue, SpecError};
+use fleet_proto::v1;
+use futures_util::StreamExt;
+use prost::Message;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::status::{self, State, Status};
+use crate::store::{Desired, Record, Store, StoreError, RECORD_VERSION};
+use crate::systemd::{Systemd, SystemdError, UnitProps};
+use crate::unit_file;
+
+/// Name of the drop-in the agent owns inside `<unit>.d/`.
+pub const DROPIN_NAME: &str = "50-fleet.conf";
+/// Waiting for a unit to go inactive allows this much over its stop timeout.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("invalid experiment id {id:?}")]
+    InvalidId {
+        id: String,
+        #[source]
+        source: InvalidValue,
+    },
+    #[error("no experiment {id} on this board; list them with ListExperiments")]
+    NotFound { id: String },
+    #[error("experiment {id} is held at epoch {held}, newer than the requested {requested}: a newer placement owns it")]
+    StaleEpoch {
+        id: String,
+        held: u64,
+        requested: u64,
+    },
+    #[error("this board accepts no new experiments now: {reason}")]
+    Refused { reason: String },
+    #[error("experiment {id} was not given to this agent (its record is missing); remove it and start it again")]
+    NoSpec { id: String },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("experiment {id} did not stop within {waited:?}")]
+    StopTimeout { id: String, waited: Duration },
+}
+
+type Result<T, E = ExperimentError> = std::result::Result<T, E>;
+
+/// A change of one experiment, for `WatchExperiments` and the node stream.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub status: Status,
+    pub change: String,
+    pub timestamp_us: i64,
+}
+
+/// Where the agent keeps an experiment's files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Persistent unit directory: drop-ins of autostart experiments.
+    pub unit_dir: PathBuf,
+    /// Runtime unit directory (a tmpfs on a real board): other drop-ins.
+    pub runtime_unit_dir: PathBuf,
+    /// `<state>/experiments/<id>/` holds the config file.
+    pub state_dir: PathBuf,
+    /// The kernel log, for OOM attribution on cgroup v1.
+    pub kmsg: PathBuf,
+}
+
+impl Paths {
+    fn dropin_dir(&self, persistent: bool, unit: &str) -> PathBuf {
+        let base = if persistent {
+            &self.unit_dir
+        } else {
+            &self.runtime_unit_dir
+        };
+        base.join(format!("{unit}.d"))
+    }
+
+    fn experiment_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("experiments").join(id)
+    }
+}
+
+/// Decides whether a new experiment may start now (the thermal guard).
+pub trait Admission: Send + Sync {
+    /// `Err(reason)` when new work must be refused.
+    fn admit(&self) -> Result<(), String>;
+}
+
+/// Admits everything: a board with no guard configured.
+pub struct AlwaysAdmit;
+impl Admission for AlwaysAdmit {
+    fn admit(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+pub struct Experiments {
+    systemd: Systemd,
+    store: Store,
+    paths: Paths,
+    admission: Arc<dyn Admission>,
+    ops: Mutex<()>,
+    records: Mutex<()>,
+    last: std::sync::Mutex<HashMap<String, Status>>,
+    events: broadcast::Sender<Event>,
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn write_atomic(path: &Path, content: &[u8]) -> Result<bool> {
+    if std::fs::read(path).ok().as_deref() == Some(content) {
+        return Ok(false);
+    }
+    let io = |source| ExperimentError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(true)
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ExperimentError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+impl Experiments {
+    pub fn new(
+        systemd: Systemd,
+        store: Store,
+        paths: Paths,
+        admission: Arc<dyn Admission>,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Experiments {
+            systemd,
+            store,
+            paths,
+            admission,
+            ops: Mutex::new(()),
+            records: Mutex::new(()),
+            last: std::sync::Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn systemd(&self) -> &Systemd {
+        &self.systemd
+    }
+
+    fn unit(id: &ExperimentId) -> String {
+        unit_file::instance_unit_name(id)
+    }
+
+    fn parse_id(id: &str) -> Result<ExperimentId> {
+        ExperimentId::new(id).map_err(|e| ExperimentError::InvalidId {
+            id: id.to_owned(),
+            source: e,
+        })
+    }
+
+    fn spec_of(rec: &Record) -> Result<ExperimentSpec> {
+        let wire = v1::ExperimentSpec::decode(rec.spec.as_slice())
+            .map_err(|_| ExperimentError::NoSpec { id: rec.id.clone() })?;
+        ExperimentSpec::try_from(&wire).map_err(|_| ExperimentError::NoSpec { id: rec.id.clone() })
+    }
+
+    /// Writes the config file and the drop-in where `autostart` says, and
+    /// removes the drop-in from the other place. True when a file changed.
+    fn write_files(&self, spec: &ExperimentSpec, epoch: u64, autostart: bool) -> Result<bool> {
+        let id = spec.id().as_str();
+        let unit = Self::unit(spec.id());
+        let config_path = match spec.config() {
+            Some(cfg) => {
+                let path = self.paths.experiment_dir(id).join(cfg.name().as_str());
+                write_atomic(&path, cfg.content())?;
+                Some(path)
+            }
+            None => None,
+        };
+        let dropin = unit_file::render_dropin(spec, config_path.as_deref(), epoch);
+        let keep = self.paths.dropin_dir(autostart, &unit);
+        let drop = self.paths.dropin_dir(!autostart, &unit);
+        let mut changed = write_atomic(&keep.join(DROPIN_NAME), dropin.as_bytes())?;
+        if drop.exists() {
+            remove_dir(&drop)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Applies changed unit files to a unit systemd has loaded. A unit that
+    /// is not loaded reads its files when started: no reload needed.
+    async fn apply_files(&self, unit: &str) -> Result<()> {
+        if let Some(p) = self.systemd.props(unit).await? {
+            if !p.is_gone() {
+                self.systemd.reload().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_inactive(&self, id: &str, unit: &str, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.systemd.props(unit).await? {
+                None => return Ok(()),
+                Some(p) if matches!(p.active_state.as_str(), "inactive" | "failed") => {
+                    return Ok(())
+                }
+                Some(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ExperimentError::StopTimeout {
+                    id: id.to_owned(),
+                    waited: limit,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn start(&self, wire: &v1::ExperimentSpec, epoch: u64) -> Result<Status> {
+        let spec = ExperimentSpec::try_from(wire)?;
+        let id = spec.id().as_str().to_owned();
+        let unit = Self::unit(spec.id());
+        let _ops = self.ops.lock().await;
+        let existing = self.store.get(&id)?;
+        let props = self.systemd.props(&unit).await?;
+        let running = props.as_ref().is_some_and(|p| {
+            matches!(
+                p.active_state.as_str(),
+                "active" | "activating" | "reloading"
+            )
+        });
+        let epoch = match (&existing, epoch) {
+            (Some(r), 0) if running => {
+                let _ = r;
+                return self.status_of(&id).await;
+            }
+            (Some(r), 0) => r.epoch + 1,
+            (Some(r), e) if e < r.epoch => {
+                return Err(ExperimentError::StaleEpoch {
+                    id,
+                    held: r.epoch,
+                    requested: e,
+                })
+            }
+            (Some(r), e) if e == r.epoch => return self.status_of(&id).await,
+            (_, 0) => 1,
+            (_, e) => e,
+        };
+        if let Err(reason) = self.admission.admit() {
+            return Err(ExperimentError::Refused { reason });
+        }
+        if running {
+            // A newer placement replaces the copy that runs.
+            let old_timeout = existing
+                .as_ref()
+                .and_then(|r| Self::spec_of(r).ok())
+                .map(|s| s.lifecycle().stop_timeout())
+                .unwrap_or(Duration::from_secs(90));
+            if let Some(r) = &existing {
+                let mut r = r.clone();
+                r.desired = Desired::Stopped;
+                self.store.put(&r).await?;
+            }
+            self.systemd.stop(&unit).await?;
+            self.wait_inactive(&id, &unit, old_timeout + STOP_GRACE)
+                .await?;
+        }
+        let autostart = spec.lifecycle().autostart();
+        let changed = self.write_files(&spec, epoch, autostart)?;
+        let mut rec = existing.unwrap_or(Record {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            spec: Vec::new(),
+            epoch,
+            autostart,
+            desired: Desired::Running,
+            crashes_before: 0,
+            crashes_in_run: 0,
+            disruptions: 0,
+            last_outcome: None,
+        });
+        rec.spec = wire.encode_to_vec();
+        rec.epoch = epoch;
+        rec.autostart = autostart;
+        rec.desired = Desired::Running;
+        rec.new_run();
+        {
+            let _r = self.records.lock().await;
+            self.store.put(&rec).await?;
+        }
+        if changed {
+            self.apply_files(&unit).await?;
+        }
+        self.systemd.reset_failed(&unit).await?;
+        if autostart {
+            self.systemd.enable(&unit).await?;
+        } else {
+            self.systemd.disable(&unit).await?;
+        }
+        self.systemd.start(&unit).await?;
+        self.systemd.hold(&unit).await?;
+        tracing::info!(experiment = %id, epoch, "started");
+        self.refresh(&id).await
+    }
+
+    async fn record(&self, id: &str) -> Result<Record> {
+        self.store
+            .get(id)?
+            .ok_or_else(|| ExperimentError::NotFound { id: id.to_owned() })
+    }
+
+    async fn set_desired(&self, id: &str, desired: Desired) -> Result<Record> {
+        let _r = self.records.lock().await;
+        let mut rec = self.record(id).await?;
+        if desired == Desired::Disrupted && rec.desired != Desired::Disrupted {
+            rec.disruptions += 1;
+        }
+        rec.desired = desired;
+        self.store.put(&rec).await?;
+        Ok(rec)
+    }
+
+    /// Graceful stop: SIGTERM, then SIGKILL after the stop timeout.
+    /// `disruption` marks a stop by the board (thermal, drain), which never
+    /// counts against the crash budget.
+    pub async fn stop(&self, id: &str, disruption: bool) -> Result<Status> {
+        let eid = Self::parse_id(id)?;
+        let unit = Self::unit(&eid);
+        let _ops = self.ops.lock().await;
+        let desired = if disruption {
+            Desired::Disrupted
+        } else {
+            Desired::Stopped
+        };
+        let rec = self.set_desired(id, desired).await?;
+        if rec.autostart {
+            // A stopped experiment does not come back at the next boot.
+            self.systemd.disable(&unit).await?;
+        }
+        self.systemd.stop(&unit).await?;
+        tracing::info!(experiment = %id, disruption, "stopping");
+        self.refresh(id).await
+    }
+
+    pub async fn restart(&self, id: &str) -> Result<Status> {
+        let eid = Self::parse_id(id)?;
+        let unit = Self::unit(&eid);
+        let _ops = self.ops.lock().await;
+        if let Err(reason) = self.admission.admit() {
+            return Err(ExperimentError::Refused { reason });
+        }
+        let mut rec = self.record(id).await?;
+        let spec = Self::spec_of(&rec)?;
+        // Files in the runtime directory are gone after a reboot.
+        if self.write_files(&spec, rec.epoch, rec.autostart)? {
+            self.apply_files(&unit).await?;
+        }
+        rec.desired = Desired::Running;
+        rec.new_run();
+        {
+            let _r = self.records.lock().await;
+            self.store.put(&rec).await?;
+        }
+        self.systemd.reset_failed(&unit).await?;
+        if rec.autostart {
+            self.systemd.enable(&unit).await?;
+        }
+        self.systemd.restart(&unit).await?;
+        self.systemd.hold(&unit).await?;
+        self.refresh(id).await
+    }
+
+    /// Stops, resets the failed state, disables and deletes the board-side
+    /// files. True when there was something to remove.
+    pub async fn remove(&self, id: &str) -> Result<bool> {
+        let eid = Self::parse_id(id)?;
+        let unit = Self::unit(&eid);
+        let _ops = self.ops.lock().await;
+        let rec = self.store.get(id)?;
+        let props = self.systemd.props(&unit).await?;
+        let existed = rec.is_some() || props.as_ref().is_some_and(|p| !p.is_gone());
+        if !existed {
+            return Ok(false);
+        }
+        let timeout = rec
+            .as_ref()
+            .and_then(|r| Self::spec_of(r).ok())
+            .map(|s| s.lifecycle().stop_timeout())
+            .unwrap_or(Duration::from_secs(90));
+        if rec.is_some() {
+            self.set_desired(id, Desired::Stopped).await?;
+        }
+        self.systemd.stop(&unit).await?;
+        self.wait_inactive(id, &unit, timeout + STOP_GRACE).await?;
+        self.systemd.disable(&unit).await?;
+        self.systemd.reset_failed(&unit).await?;
+        self.systemd.release(&unit).await;
+        remove_dir(&self.paths.dropin_dir(true, &unit))?;
+        remove_dir(&self.paths.dropin_dir(false, &unit))?;
+        remove_dir(&self.paths.experiment_dir(id))?;
+        self.store.remove(id).await?;
+        self.last.lock().expect("not poisoned").remove(id);
+        tracing::info!(experiment = %id, "removed");
+        Ok(true)
+    }
+
+    pub async fn set_autostart(&self, id: &str, enabled: bool) -> Result<Status> {
+        let eid = Self::parse_id(id)?;
+        let unit = Self::unit(&eid);
+        let _ops = self.ops.lock().await;
+        let mut rec = self.record(id).await?;
+        let spec = Self::spec_of(&rec)?;
+        self.write_files(&spec, rec.epoch, enabled)?;
+        rec.autostart = enabled;
+        {
+            let _r = self.records.lock().await;
+            self.store.put(&rec).await?;
+        }
+        if enabled {
+            self.systemd.enable(&unit).await?;
+        } else {
+            self.systemd.disable(&unit).await?;
+        }
+        self.refresh(id).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Status> {
+        Self::parse_id(id)?;
+        self.status_of(id).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<Status>> {
+        let mut out = Vec::new();
+        for rec in self.store.list()? {
+            out.push(self.status_of(&rec.id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Starts every enabled experiment through the target.
+    pub async fn start_all(&self, target: &str) -> Result<Vec<Status>> {
+        let _ops = self.ops.lock().await;
+        for rec in self.store.list()? {
+            if rec.autostart && rec.desired != Desired::Running {
+                let mut rec = rec;
+                rec.desired = Desired::Running;
+                rec.new_run();
+                self.store.put(&rec).await?;
+            }
+        }
+        self.systemd.start(target).await?;
+        drop(_ops);
+        self.list().await
+    }
+
+    /// Stops every experiment, and the target.
+    pub async fn stop_all(&self, target: &str) -> Result<Vec<Status>> {
+        for rec in self.store.list()? {
+            if rec.desired == Desired::Running {
+                self.stop(&rec.id, false).await?;
+            }
+        }
+        self.systemd.stop(target).await?;
+        self.list().await
+    }
+
+    async fn status_of(&self, id: &str) -> Result<Status> {
+        let rec = self.record(id).await?;
+        let eid = Self::parse_id(id)?;
+        let props = self.systemd.props(&Self::unit(&eid)).await?;
+        Ok(status::derive(&Self::unit(&eid), &rec, props.as_ref()))
+    }
+
+    /// Re-reads one experiment from systemd, updates counters and the last
+    /// outcome, and emits an event when something a person would notice
+    /// changed. Called on every signal about the unit.
+    pub async fn refresh(&self, id: &str) -> Result<Status> {
+        let eid = Self::parse_id(id)?;
+        let unit = Self::unit(&eid);
+        let props = self.systemd.props(&unit).await?;
+        let _r = self.records.lock().await;
+        let Some(mut rec) = self.store.get(id)? else {
+            return Err(ExperimentError::NotFound { id: id.to_owned() });
+        };
+        let mut dirty = false;
+        if let Some(p) = props.as_ref().filter(|p| !p.is_gone()) {
+            dirty |= rec.observe_crashes(status::crashes_in_run(p, rec.desired));
+            if let Some(o) = self.ended(&unit, p) {
+                if rec.last_outcome.as_ref() != Some(&o) {
+                    rec.last_outcome = Some(o);
+                    dirty = true;
+                }
+            }
+        }
+        if dirty {
+            self.store.put(&rec).await?;
+        }
+        let st = status::derive(&unit, &rec, props.as_ref());
+        self.emit(&st);
+        Ok(st)
+    }
+
+    /// The outcome of the invocation that just ended, if it ended.
+    fn ended(&self, unit: &str, p: &UnitProps) -> Option<crate::store::Outcome> {
+        let ended = matches!(p.active_state.as_str(), "inactive" | "failed")
+            || p.sub_state == "auto-restart";
+        if !ended || p.exec_main_code == 0 {
+            return None;
+        }
+        let killed = p.exec_main_code == status::CLD_KILLED && p.exec_main_status == libc::SIGKILL
+            || p.exec_main_code == status::CLD_EXITED && p.exec_main_status == 137;
+        let oom = p.result == "oom-kill"
+            || killed
+                && crate::oom::killed_since(
+                    &self.paths.kmsg,
+                    unit,
+                    p.exec_main_start_mono_us.unwrap_or(0),
+                );
+        Some(status::outcome_of(p, oom, now_us() as u64))
+    }
+
+    fn emit(&self, st: &Status) {
+        let mut last = self.last.lock().expect("not poisoned");
+        let prev = last.get(&st.id);
+        let change = describe(prev, st);
+        if let Some(change) = change {
+            last.insert(st.id.clone(), st.clone());
+            let _ = self.events.send(Event {
+                status: st.clone(),
+                change,
+                timestamp_us: now_us(),
+            });
+        }
+    }
+
+    /// On start: holds every unit the store knows and adopts instances that
+    /// systemd runs but the store does not, so nothing that runs is lost.
+    pub async fn adopt(&self, pattern: &str) -> Result<usize> {
+        let mut n = 0;
+        for unit in self.systemd.list(pattern).await? {
+            let Some(id) = unit_file::parse_instance_unit(&unit) else {
+                continue;
+            };
+            if self.store.get(id.as_str())?.is_none() {
+                tracing::warn!(experiment = %id.as_str(), "adopting a unit the store does not know");
+                self.store
+                    .put(&Record {
+                        version: RECORD_VERSION,
+                        id: id.as_str().to_owned(),
+                        spec: Vec::new(),
+                        epoch: 0,
+                        autostart: false,
+                        desired: Desired::Running,
+                        crashes_before: 0,
+                        crashes_in_run: 0,
+                        disruptions: 0,
+                        last_outcome: None,
+                    })
+                    .await?;
+            }
+        }
+        for rec in self.store.list()? {
+            let eid = Self::parse_id(&rec.id)?;
+            let unit = Self::unit(&eid);
+            if self.systemd.props(&unit).await?.is_some() {
+                self.systemd.hold(&unit).await?;
+            }
+            self.refresh(&rec.id).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Follows systemd's signals until the bus goes away.
+    pub async fn watch(self: Arc<Self>) -> Result<()> {
+        let mut changes = Box::pin(self.systemd.unit_changes().await?);
+        while let Some(unit) = changes.next().await {
+            let Some(id) = unit_file::parse_instance_unit(&unit) else {
+                continue;
+            };
+            match self.refresh(id.as_str()).await {
+                Ok(_) | Err(ExperimentError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(experiment = %id.as_str(), error = %e, "cannot refresh"),
+            }
+        }
+        Ok(())
+    }
+
+    /// True when any experiment is active (for the thermal guard's stop-all).
+    pub async fn active_ids(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for st in self.list().await? {
+            if st.state.is_active() {
+                out.push(st.id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A short description of what changed, or `None` when nothing a person
+/// would notice did.
+fn describe(prev: Option<&Status>, st: &Status) -> Option<String> {
+    let same = prev.is_some_and(|p| {
+        p.state == st.state
+            && p.sub_state == st.sub_state
+            && p.main_pid == st.main_pid
+            && p.restarts == st.restarts
+            && p.crashes_total == st.crashes_total
+            && p.invocation_id == st.invocation_id
+            && p.autostart == st.autostart
+    });
+    if same {
+        return None;
+    }
+    Some(match st.state {
+        State::Restarting => format!(
+            "crashed ({}), restart {} pending",
+            if st.failure_message.is_empty() {
+                st.result.clone()
+            } else {
+                st.failure_message.clone()
+            },
+            st.restarts + 1
+        ),
+        State::Failed => format!("failed: {}", st.failure_message),
+        State::Running if st.main_pid != 0 => format!("running (pid {})", st.main_pid),
+        s => s.as_str().to_owned(),
+    })
+}

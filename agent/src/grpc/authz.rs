@@ -1,0 +1,161 @@
+//! Who may call what on the agent: default deny, one table.
+//!
+//! The controller and `admin` users may do everything; `operator` users
+//! everything but removal; `viewer` users only reads. Agents (other boards)
+//! may call nothing. A method missing from the table is refused for all.
+
+use fleet_proto::identity::{Principal, Role};
+
+/// What a method does, for the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Remove,
+}
+
+/// The agent's methods (`/fleet.v1.Agent/<name>`) and what each does.
+pub const AGENT_METHODS: &[(&str, Access)] = &[
+    ("StartExperiment", Access::Write),
+    ("StopExperiment", Access::Write),
+    ("RestartExperiment", Access::Write),
+    ("RemoveExperiment", Access::Remove),
+    ("SetAutostart", Access::Write),
+    ("GetExperiment", Access::Read),
+    ("ListExperiments", Access::Read),
+    ("StreamLogs", Access::Read),
+    ("WatchExperiments", Access::Read),
+    ("StartAll", Access::Write),
+    ("StopAll", Access::Write),
+    ("GetNode", Access::Read),
+    ("SetPowerMode", Access::Write),
+    ("SetClocks", Access::Write),
+    ("WatchNode", Access::Read),
+];
+
+/// Services every authenticated fleet member may use: health and reflection.
+const OPEN_SERVICES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+pub fn access_of(path: &str) -> Option<Access> {
+    let method = path.strip_prefix("/fleet.v1.Agent/")?;
+    AGENT_METHODS
+        .iter()
+        .find(|(m, _)| *m == method)
+        .map(|(_, a)| *a)
+}
+
+/// Decides one call. `path` is the HTTP/2 path, `/package.Service/Method`.
+pub fn allowed(principal: &Principal, path: &str) -> bool {
+    if OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {
+        return !matches!(principal, Principal::Agent { .. });
+    }
+    let Some(access) = access_of(path) else {
+        return false;
+    };
+    match principal {
+        Principal::Controller => true,
+        Principal::User { role, .. } => match (role, access) {
+            (Role::Admin, _) => true,
+            (Role::Operator, Access::Read | Access::Write) => true,
+            (Role::Operator, Access::Remove) => false,
+            (Role::Viewer, Access::Read) => true,
+            (Role::Viewer, Access::Write | Access::Remove) => false,
+        },
+        Principal::Agent { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(role: Role) -> Principal {
+        Principal::User {
+            name: "u".into(),
+            role,
+        }
+    }
+
+    /// Walks the whole role × method table.
+    #[test]
+    fn every_role_and_method() {
+        let agent = Principal::Agent { node: "j1".into() };
+        for (method, access) in AGENT_METHODS {
+            let path = format!("/fleet.v1.Agent/{method}");
+            assert!(allowed(&Principal::Controller, &path), "{path}");
+            assert!(allowed(&user(Role::Admin), &path), "{path}");
+            assert_eq!(
+                allowed(&user(Role::Operator), &path),
+                *access != Access::Remove,
+                "{path}"
+            );
+            assert_eq!(
+                allowed(&user(Role::Viewer), &path),
+                *access == Access::Read,
+                "{path}"
+            );
+            assert!(!allowed(&agent, &path), "{path}");
+        }
+        for p in [
+            "/fleet.v1.Agent/Unknown",
+            "/fleet.v1.Controller/Submit",
+            "/other.Svc/X",
+        ] {
+            assert!(!allowed(&Principal::Controller, p), "{p}");
+            assert!(!allowed(&user(Role::Admin), p), "{p}");
+        }
+        assert!(allowed(&user(Role::Viewer), "/grpc.health.v1.Health/Check"));
+        assert!(!allowed(&agent, "/grpc.health.v1.Health/Check"));
+    }
+
+    /// The table names exactly the methods of the generated service, so a
+    /// new RPC cannot ship without a decision.
+    #[test]
+    fn table_covers_the_service() {
+        let fds = <prost_types_shim::FileDescriptorSet as prost::Message>::decode(
+            fleet_proto::v1::FILE_DESCRIPTOR_SET,
+        )
+        .unwrap();
+        let mut methods: Vec<String> = fds
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter())
+            .filter(|s| s.name.as_deref() == Some("Agent"))
+            .flat_map(|s| s.method.iter().filter_map(|m| m.name.clone()))
+            .collect();
+        methods.sort();
+        let mut table: Vec<String> = AGENT_METHODS.iter().map(|(m, _)| m.to_string()).collect();
+        table.sort();
+        assert_eq!(methods, table);
+    }
+
+    /// Just enough of descriptor.proto to list a service's methods.
+    mod prost_types_shim {
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct FileDescriptorSet {
+            #[prost(message, repeated, tag = "1")]
+            pub file: Vec<FileDescriptorProto>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct FileDescriptorProto {
+            #[prost(message, repeated, tag = "6")]
+            pub service: Vec<ServiceDescriptorProto>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct ServiceDescriptorProto {
+            #[prost(string, optional, tag = "1")]
+            pub name: Option<String>,
+            #[prost(message, repeated, tag = "2")]
+            pub method: Vec<MethodDescriptorProto>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct MethodDescriptorProto {
+            #[prost(string, optional, tag = "1")]
+            pub name: Option<String>,
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! What an experiment's state is, derived from systemd's words and the
+//! agent's record. Pure logic: no I/O.
+
+use crate::store::{Desired, Outcome, Record};
+use crate::systemd::UnitProps;
+
+/// `ExecMainCode` values (waitid's `si_code`).
+pub const CLD_EXITED: i32 = 1;
+pub const CLD_KILLED: i32 = 2;
+pub const CLD_DUMPED: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Succeeded,
+    Failed,
+    Stopped,
+    Disrupted,
+    Unknown,
+}
+
+impl State {
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            State::Starting | State::Running | State::Restarting | State::Stopping
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Stopping => "stopping",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Stopped => "stopped",
+            State::Disrupted => "disrupted",
+            State::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    None,
+    ExitCode,
+    Signal,
+    OomKill,
+    Timeout,
+    StartLimit,
+    CoreDump,
+    Resources,
+    Other,
+}
+
+/// Everything `GetExperiment` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub id: String,
+    pub unit: String,
+    pub state: State,
+    pub active_state: String,
+    pub sub_state: String,
+    pub result: String,
+    pub main_pid: u32,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub failure: Failure,
+    pub failure_message: String,
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub memory_max: Option<u64>,
+    pub cpu_usage_nsec: Option<u64>,
+    pub active_since_us: Option<u64>,
+    pub restarts: u32,
+    pub crashes_total: u64,
+    pub disruptions_total: u64,
+    pub epoch: u64,
+    pub autostart: bool,
+    pub invocation_id: String,
+}
+
+/// Crashes in the current run as systemd counts them: every automatic
+/// restart followed a crash, and a unit that ended failed adds the last one.
+/// A failure by start limit is the refusal of a restart, not a crash.
+pub fn crashes_in_run(p: &UnitProps, desired: Desired) -> u64 {
+    let final_crash = p.active_state == "failed"
+        && desired == Desired::Running
+        && !matches!(p.result.as_str(), "success" | "start-limit-hit" | "");
+    u64::from(p.n_restarts) + u64::from(final_crash)
+}
+
+/// The outcome to remember when a unit stops being active.
+pub fn outcome_of(p: &UnitProps, oom: bool, now_us: u64) -> Outcome {
+    Outcome {
+        result: p.result.clone(),
+        exec_main_code: p.exec_main_code,
+        exec_main_status: p.exec_main_status,
+        oom,
+        ended_us: p.inactive_enter_us.unwrap_or(now_us),
+        invocation_id: p.invocation_id.clone(),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_owned()
+}
+
+/// Classifies how a run ended. `oom` is the kernel's word (cgroup v1, where
+/// systemd cannot tell an OOM kill from any other SIGKILL).
+pub fn classify(o: &Outcome) -> (Failure, Option<i32>, Option<i32>, String) {
+    let (code, sig) = match o.exec_main_code {
+        CLD_EXITED => (Some(o.exec_main_status), None),
+        CLD_KILLED | CLD_DUMPED => (None, Some(o.exec_main_status)),
+        _ => (None, None),
+    };
+    let failure = match o.result.as_str() {
+        _ if o.oom => Failure::OomKill,
+        "success" | "" => Failure::None,
+        "exit-code" => Failure::ExitCode,
+        "signal" => Failure::Signal,
+        "core-dump" => Failure::CoreDump,
+        "oom-kill" => Failure::OomKill,
+        "timeout" => Failure::Timeout,
+        "start-limit-hit" => Failure::StartLimit,
+        "resources" => Failure::Resources,
+        _ => Failure::Other,
+    };
+    let message = match failure {
+        Failure::None => String::new(),
+        Failure::ExitCode => format!("exited with code {}", code.unwrap_or(-1)),
+        Failure::Signal => format!("killed by {}", signal_name(sig.unwrap_or(0))),
+        Failure::CoreDump => format!("dumped core on {}", signal_name(sig.unwrap_or(0))),
+        Failure::OomKill => "killed by the kernel: out of memory (over memory_max)".to_owned(),
+        Failure::Timeout => "timed out (max_runtime or stop_timeout reached)".to_owned(),
+        Failure::StartLimit => {
+            "crashed too often: the restart limit (max_restarts) was reached".to_owned()
+        }
+        Failure::Resources => "systemd could not set up the unit's resources".to_owned(),
+        Failure::Other => format!("ended with result {:?}", o.result),
+    };
+    (failure, code, sig, message)
+}
+
+/// Derives the status from what systemd says now (`None`: not loaded) and
+/// the agent's record.
+pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
+    let mut st = Status {
+        id: rec.id.clone(),
+        unit: unit.to_owned(),
+        state: State::Unknown,
+        active_state: String::new(),
+        sub_state: String::new(),
+        result: String::new(),
+        main_pid: 0,
+        exit_code: None,
+        exit_signal: None,
+        failure: Failure::None,
+        failure_message: String::new(),
+        memory_current: None,
+        memory_peak: None,
+        memory_max: None,
+        cpu_usage_nsec: None,
+        active_since_us: None,
+        restarts: 0,
+        crashes_total: rec.crashes_total(),
+        disruptions_total: rec.disruptions,
+        epoch: rec.epoch,
+        autostart: rec.autostart,
+        invocation_id: String::new(),
+    };
+    let live = props.filter(|p| !p.is_gone());
+    if let Some(p) = live {
+        st.active_state = p.active_state.clone();
+        st.sub_state = p.sub_state.clone();
+        st.result = p.result.clone();
+        st.main_pid = p.main_pid;
+        st.memory_current = p.memory_current;
+        st.memory_peak = p.memory_peak;
+        st.memory_max = p.memory_max;
+        st.cpu_usage_nsec = p.cpu_usage_nsec;
+        st.restarts = p.n_restarts;
+        st.invocation_id = p.invocation_id.clone();
+        if p.active_state == "active" {
+            st.active_since_us = p.active_enter_us;
+        }
+    }
+    let ended = |st: &mut Status, o: &Outcome| {
+        let (failure, code, sig, msg) = classify(o);
+        st.exit_code = code;
+        st.exit_signal = sig;
+        st.failure = failure;
+        st.failure_message = msg;
+        st.result = o.result.clone();
+        if failure == Failure::None {
+            State::Succeeded
+        } else {
+            State::Failed
+        }
+    };
+    st.state = match (live.map(|p| p.active_state.as_str()), rec.desired) {
+        (Some("active" | "reloading"), _) => State::Running,
+        (Some("activating"), _) if live.is_some_and(|p| p.sub_state == "auto-restart") => {
+            State::Restarting
+        }
+        (Some("activating"), _) => State::Starting,
+        (Some("deactivating"), _) => State::Stopping,
+        (_, Desired::Stopped) => State::Stopped,
+        (_, Desired::Disrupted) => State::Disrupted,
+        (Some("failed"), Desired::Running) => {
+            let p = live.expect("matched Some");
+            let o = rec
+                .last_outcome
+                .clone()
+                .filter(|o| o.invocation_id == p.invocation_id)
+                .unwrap_or_else(|| outcome_of(p, false, 0));
+            ended(&mut st, &o)
+        }
+        (_, Desired::Running) => match &rec.last_outcome {
+            Some(o) => ended(&mut st, o),
+            // Started, but systemd has not picked up the job yet.
+            None if live.is_some() => State::Starting,
+            None => State::Unknown,
+        },
+    };
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RECORD_VERSION;
+
+    fn rec(desired: Desired) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            id: "x".into(),
+            spec: vec![],
+            epoch: 3,
+            autostart: false,
+            desired,
+            crashes_before: 1,
+            crashes_in_run: 2,
+            disruptions: 0,
+            last_outcome: None,
+        }
+    }
+
+    fn props(active: &str, sub: &str, result: &str) -> UnitProps {
+        UnitProps {
+            load_state: "loaded".into(),
+            active_state: active.into(),
+            sub_state: sub.into(),
+            result: result.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn live_states_follow_systemd() {
+        let r = rec(Desired::Running);
+        let s = |a, b| derive("u", &r, Some(&props(a, b, "success"))).state;
+        assert_eq!(s("active", "running"), State::Running);
+        assert_eq!(s("activating", "auto-restart"), State::Restarting);
+        assert_eq!(s("activating", "start"), State::Starting);
+        assert_eq!(s("deactivating", "stop-sigterm"), State::Stopping);
+    }
+
+    #[test]
+    fn a_requested_stop_reads_as_stopped_even_when_killed() {
+        let r = rec(Desired::Stopped);
+        let p = props("failed", "failed", "timeout");
+        assert_eq!(derive("u", &r, Some(&p)).state, State::Stopped);
+        assert_eq!(derive("u", &r, None).state, State::Stopped);
+    }
+
+    #[test]
+    fn start_limit_failure_names_the_reason_and_counts_no_extra_crash() {
+        let r = rec(Desired::Running);
+        let mut p = props("failed", "failed", "start-limit-hit");
+        p.n_restarts = 2;
+        let st = derive("u", &r, Some(&p));
+        assert_eq!(st.state, State::Failed);
+        assert_eq!(st.failure, Failure::StartLimit);
+        assert_eq!(crashes_in_run(&p, Desired::Running), 2);
+        p.result = "exit-code".into();
+        assert_eq!(crashes_in_run(&p, Desired::Running), 3);
+    }
+
+    #[test]
+    fn collected_unit_uses_the_remembered_outcome() {
+        let mut r = rec(Desired::Running);
+        r.last_outcome = Some(Outcome {
+            result: "success".into(),
+            exec_main_code: CLD_EXITED,
+            exec_main_status: 0,
+            oom: false,
+            ended_us: 1,
+            invocation_id: "a".into(),
+        });
+        assert_eq!(derive("u", &r, None).state, State::Succeeded);
+        r.last_outcome.as_mut().unwrap().oom = true;
+        r.last_outcome.as_mut().unwrap().result = "signal".into();
+        r.last_outcome.as_mut().unwrap().exec_main_code = CLD_KILLED;
+        r.last_outcome.as_mut().unwrap().exec_main_status = 9;
+        let st = derive("u", &r, None);
+        assert_eq!((st.state, st.failure), (State::Failed, Failure::OomKill));
+        assert_eq!(st.exit_signal, Some(9));
+    }
+
+    #[test]
+    fn failure_messages_name_the_cause() {
+        let o = |result: &str, code, status| Outcome {
+            result: result.into(),
+            exec_main_code: code,
+            exec_main_status: status,
+            oom: false,
+            ended_us: 0,
+            invocation_id: String::new(),
+        };
+        assert_eq!(
+            classify(&o("exit-code", CLD_EXITED, 3)).3,
+            "exited with code 3"
+        );
+        assert_eq!(
+            classify(&o("signal", CLD_KILLED, 15)).3,
+            "killed by SIGTERM"
+        );
+        assert_eq!(classify(&o("timeout", CLD_KILLED, 9)).0, Failure::Timeout);
+        assert_eq!(classify(&o("success", CLD_EXITED, 0)).0, Failure::None);
+    }
+}
