@@ -6,8 +6,12 @@ use std::path::PathBuf;
 #[test]
 fn generated_code_is_fresh() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let protos = ["proto/fleet/v1/types.proto", "proto/fleet/v1/agent.proto"]
-        .map(|p| root.join(p));
+    let protos = [
+        "proto/fleet/v1/types.proto",
+        "proto/fleet/v1/agent.proto",
+        "proto/fleet/v1/controller.proto",
+    ]
+    .map(|p| root.join(p));
     let out = root.join("src/gen");
     let tmp = tempfile::tempdir().unwrap();
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path().unwrap());

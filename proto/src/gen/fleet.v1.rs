@@ -1942,3 +1942,2672 @@ pub mod agent_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// One placement of an experiment that reached its board. Every run is kept.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RunRecord {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    #[prost(int64, tag = "3")]
+    pub started_at_unix_us: i64,
+    /// Absent while the run lasts.
+    #[prost(int64, optional, tag = "4")]
+    pub ended_at_unix_us: ::core::option::Option<i64>,
+    #[prost(enumeration = "RunOutcome", tag = "5")]
+    pub outcome: i32,
+    /// For people: "exited with code 3", "stopped by the thermal guard at 86.0 °C".
+    #[prost(string, tag = "6")]
+    pub message: ::prost::alloc::string::String,
+    #[prost(enumeration = "FailureReason", tag = "7")]
+    pub failure: i32,
+    #[prost(int32, optional, tag = "8")]
+    pub exit_code: ::core::option::Option<i32>,
+    #[prost(int32, optional, tag = "9")]
+    pub exit_signal: ::core::option::Option<i32>,
+    #[prost(enumeration = "Disruption", tag = "10")]
+    pub disruption: i32,
+    /// Automatic restarts after crashes during this run.
+    #[prost(uint64, tag = "11")]
+    pub crashes: u64,
+    /// The board at start.
+    #[prost(message, optional, tag = "12")]
+    pub power_mode: ::core::option::Option<PowerMode>,
+    #[prost(bool, optional, tag = "13")]
+    pub jetson_clocks: ::core::option::Option<bool>,
+    #[prost(string, tag = "14")]
+    pub l4t_release: ::prost::alloc::string::String,
+    /// The hottest zone's peak over the run, as telemetry reported it.
+    #[prost(double, optional, tag = "15")]
+    pub peak_temp_c: ::core::option::Option<f64>,
+    /// The board was at or above its warn temperature at some point of the run.
+    #[prost(bool, tag = "16")]
+    pub throttled: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Experiment {
+    /// As accepted, with every default written out.
+    #[prost(message, optional, tag = "1")]
+    pub spec: ::core::option::Option<ExperimentSpec>,
+    #[prost(enumeration = "ExperimentPhase", tag = "2")]
+    pub phase: i32,
+    /// Why it is in this phase, for people: why a queued experiment has no node
+    /// yet ("no node fits: 2 too hot, 1 cordoned"), why one ended.
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+    /// The node of the current placement; empty when it has none.
+    #[prost(string, tag = "4")]
+    pub node: ::prost::alloc::string::String,
+    /// The epoch of the latest placement; 0 before the first.
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+    #[prost(message, repeated, tag = "6")]
+    pub runs: ::prost::alloc::vec::Vec<RunRecord>,
+    /// Automatic restarts after crashes, over every run.
+    #[prost(uint64, tag = "7")]
+    pub crashes: u64,
+    /// Runs ended by the fleet (thermal, drain, node lost), kept apart from
+    /// crashes: a disruption never uses up the crash budget.
+    #[prost(uint64, tag = "8")]
+    pub disruptions: u64,
+    #[prost(int64, tag = "9")]
+    pub submitted_at_unix_us: i64,
+    /// The submitter's identity, e.g. "user/alice".
+    #[prost(string, tag = "10")]
+    pub submitted_by: ::prost::alloc::string::String,
+    /// Order among experiments of the same priority.
+    #[prost(uint64, tag = "11")]
+    pub submit_seq: u64,
+    #[prost(int64, tag = "12")]
+    pub updated_at_unix_us: i64,
+    /// Bumped by every stored change of this experiment.
+    #[prost(uint64, tag = "13")]
+    pub revision: u64,
+    /// The agent's last report of the current run.
+    #[prost(message, optional, tag = "14")]
+    pub status: ::core::option::Option<ExperimentStatus>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubmitRequest {
+    #[prost(message, optional, tag = "1")]
+    pub spec: ::core::option::Option<ExperimentSpec>,
+    /// Validate and decide without storing anything.
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubmitResponse {
+    #[prost(message, optional, tag = "1")]
+    pub experiment: ::core::option::Option<Experiment>,
+    /// With dry_run: where the scheduler would place it now, considering the
+    /// experiments queued ahead of it.
+    #[prost(message, optional, tag = "2")]
+    pub decision: ::core::option::Option<Decision>,
+    /// The seq of the `submitted` event; 0 with dry_run.
+    #[prost(uint64, tag = "3")]
+    pub event_seq: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Recorded with the event, for people.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RestartRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListRequest {
+    /// Empty: every phase.
+    #[prost(enumeration = "ExperimentPhase", repeated, tag = "1")]
+    pub phases: ::prost::alloc::vec::Vec<i32>,
+    /// Experiments placed on this node now; empty: any.
+    #[prost(string, tag = "2")]
+    pub node: ::prost::alloc::string::String,
+    /// Experiments whose placement requires every one of these labels.
+    #[prost(map = "string, string", tag = "3")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// At most this many; 0: the server's limit.
+    #[prost(uint32, tag = "4")]
+    pub limit: u32,
+    /// From a previous response's next_page_token.
+    #[prost(string, tag = "5")]
+    pub page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub experiments: ::prost::alloc::vec::Vec<Experiment>,
+    /// Empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExplainRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Explanation {
+    #[prost(message, optional, tag = "1")]
+    pub experiment: ::core::option::Option<Experiment>,
+    /// The last decision recorded for it; absent before the scheduler saw it.
+    #[prost(message, optional, tag = "2")]
+    pub last: ::core::option::Option<Decision>,
+    /// For a queued experiment: what the scheduler would decide now.
+    #[prost(message, optional, tag = "3")]
+    pub now: ::core::option::Option<Decision>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogsRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// As in the agent's StreamLogs.
+    #[prost(uint32, tag = "2")]
+    pub tail: u32,
+    #[prost(int64, tag = "3")]
+    pub since_unix_us: i64,
+    #[prost(bool, tag = "4")]
+    pub follow: bool,
+}
+/// One term of a node's score, each in \[0, 1\] where 1 is best.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScoreTerm {
+    /// temperature, load, memory, spread, pack
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+    #[prost(double, tag = "3")]
+    pub weight: f64,
+}
+/// One node as the scheduler saw it for one experiment.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeVerdict {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub fits: bool,
+    /// Every filter the node failed, for people:
+    /// "too hot: 73.5 °C ≥ warn 75.0 − margin 5.0".
+    #[prost(string, repeated, tag = "3")]
+    pub reasons: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The weighted score in \[0, 1\], for a node that fits.
+    #[prost(double, optional, tag = "4")]
+    pub score: ::core::option::Option<f64>,
+    #[prost(message, repeated, tag = "5")]
+    pub terms: ::prost::alloc::vec::Vec<ScoreTerm>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Decision {
+    #[prost(string, tag = "1")]
+    pub experiment: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub timestamp_unix_us: i64,
+    /// The policy that scored the nodes.
+    #[prost(string, tag = "3")]
+    pub policy: ::prost::alloc::string::String,
+    #[prost(enumeration = "DecisionOutcome", tag = "4")]
+    pub outcome: i32,
+    /// With PLACED.
+    #[prost(string, tag = "5")]
+    pub node: ::prost::alloc::string::String,
+    /// With PLACED and stored; 0 for a dry run.
+    #[prost(uint64, tag = "6")]
+    pub epoch: u64,
+    /// For people: "placed on jetson-03 (score 0.82)", "no node fits: ...".
+    #[prost(string, tag = "7")]
+    pub summary: ::prost::alloc::string::String,
+    /// Every node, best score first, then the ones that do not fit, by name.
+    #[prost(message, repeated, tag = "8")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeVerdict>,
+    #[prost(bool, tag = "9")]
+    pub dry_run: bool,
+}
+/// One entry of the event log. Sequence numbers start at 1, grow by one and
+/// are never reused.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Event {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int64, tag = "2")]
+    pub timestamp_unix_us: i64,
+    #[prost(enumeration = "EventKind", tag = "3")]
+    pub kind: i32,
+    /// Empty when the event is not about an experiment.
+    #[prost(string, tag = "4")]
+    pub experiment: ::prost::alloc::string::String,
+    /// Empty when the event is not about a node.
+    #[prost(string, tag = "5")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub epoch: u64,
+    /// With PHASE_CHANGED.
+    #[prost(enumeration = "ExperimentPhase", tag = "7")]
+    pub from: i32,
+    #[prost(enumeration = "ExperimentPhase", tag = "8")]
+    pub to: i32,
+    /// For people.
+    #[prost(string, tag = "9")]
+    pub message: ::prost::alloc::string::String,
+    /// Who caused it: "user/alice", "scheduler", "agent/jetson-03", "controller".
+    #[prost(string, tag = "10")]
+    pub actor: ::prost::alloc::string::String,
+}
+/// Events pass when they match every non-empty list.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EventFilter {
+    #[prost(string, repeated, tag = "1")]
+    pub experiments: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "2")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "EventKind", repeated, tag = "3")]
+    pub kinds: ::prost::alloc::vec::Vec<i32>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchEventsRequest {
+    /// Replay from this seq (inclusive); absent: only events from now on.
+    /// A seq older than the log keeps is OutOfRange.
+    #[prost(uint64, optional, tag = "1")]
+    pub from_seq: ::core::option::Option<u64>,
+    #[prost(message, optional, tag = "2")]
+    pub filter: ::core::option::Option<EventFilter>,
+    /// End the stream after the replay instead of following.
+    #[prost(bool, tag = "3")]
+    pub replay_only: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Node {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// host:port of its agent.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(enumeration = "NodeSource", tag = "3")]
+    pub source: i32,
+    #[prost(enumeration = "NodeConnection", tag = "4")]
+    pub connection: i32,
+    #[prost(bool, tag = "5")]
+    pub cordoned: bool,
+    /// For people, given with Cordon or Drain.
+    #[prost(string, tag = "6")]
+    pub cordon_reason: ::prost::alloc::string::String,
+    #[prost(bool, tag = "7")]
+    pub draining: bool,
+    #[prost(enumeration = "DrainMode", tag = "8")]
+    pub drain_mode: i32,
+    #[prost(map = "string, string", tag = "9")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// From the agent's GetNode; absent before the first connection.
+    #[prost(message, optional, tag = "10")]
+    pub info: ::core::option::Option<NodeInfo>,
+    /// The last sample of its node stream.
+    #[prost(message, optional, tag = "11")]
+    pub telemetry: ::core::option::Option<TelemetrySample>,
+    #[prost(int64, tag = "12")]
+    pub last_seen_unix_us: i64,
+    /// Experiments placed there now.
+    #[prost(string, repeated, tag = "13")]
+    pub experiments: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Memory the placed experiments may use (their memory_max).
+    #[prost(uint64, tag = "14")]
+    pub memory_reserved_bytes: u64,
+    #[prost(uint32, tag = "15")]
+    pub slots_used: u32,
+    #[prost(uint32, tag = "16")]
+    pub slots_max: u32,
+    /// Its thermal guard refuses new work (at or above warn).
+    #[prost(bool, tag = "17")]
+    pub thermally_limited: bool,
+    #[prost(uint64, tag = "18")]
+    pub revision: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListNodesRequest {
+    /// Empty: every node.
+    #[prost(string, repeated, tag = "1")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Nodes carrying every one of these labels.
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListNodesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<Node>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CordonRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UncordonRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DrainRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(enumeration = "DrainMode", tag = "2")]
+    pub mode: i32,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DrainResponse {
+    #[prost(message, optional, tag = "1")]
+    pub node: ::core::option::Option<Node>,
+    /// With WAIT: the experiments still running there. With REQUEUE: the
+    /// experiments being stopped.
+    #[prost(string, repeated, tag = "2")]
+    pub experiments: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetLabelsRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Added, or replacing the value of a key the node has.
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Keys to remove.
+    #[prost(string, repeated, tag = "3")]
+    pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Named apart from the agent's SetPowerModeRequest, which shares the package.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetNodePowerModeRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// A mode id ("0") or name ("MAXN").
+    #[prost(string, tag = "2")]
+    pub mode: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub allow_reboot: bool,
+    /// Switch even though experiments placed there ask for another mode.
+    #[prost(bool, tag = "4")]
+    pub force: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetNodePowerModeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub node: ::core::option::Option<Node>,
+    #[prost(message, optional, tag = "2")]
+    pub mode: ::core::option::Option<PowerMode>,
+    #[prost(bool, tag = "3")]
+    pub reboot_required: bool,
+    #[prost(bool, tag = "4")]
+    pub changed: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AddNodeRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// host:port of its agent.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Start cordoned, e.g. to inspect the board first.
+    #[prost(bool, tag = "4")]
+    pub cordoned: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveNodeRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Remove it even with experiments placed there; they are disrupted.
+    #[prost(bool, tag = "2")]
+    pub force: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RemoveNodeResponse {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub existed: bool,
+    /// Experiments that were placed there and are now requeued or failed.
+    #[prost(string, repeated, tag = "3")]
+    pub disrupted: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The weights of a policy's score terms; each term is in \[0, 1\], and the
+/// score is their weighted mean.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct ScoreWeights {
+    /// Headroom below the node's temperature limit.
+    #[prost(double, tag = "1")]
+    pub temperature: f64,
+    /// Idle CPU.
+    #[prost(double, tag = "2")]
+    pub load: f64,
+    /// Memory left after the placement.
+    #[prost(double, tag = "3")]
+    pub memory: f64,
+    /// Free slots: fewer experiments per node.
+    #[prost(double, tag = "4")]
+    pub spread: f64,
+    /// Used memory and slots: fill one node before the next.
+    #[prost(double, tag = "5")]
+    pub pack: f64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Policy {
+    /// balanced (default), coolest, least-loaded, spread, pack
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The named policy's weights in effect.
+    #[prost(message, optional, tag = "2")]
+    pub weights: ::core::option::Option<ScoreWeights>,
+    /// A queued experiment that cannot be placed holds every one behind it.
+    #[prost(bool, tag = "3")]
+    pub strict_order: bool,
+    /// A node is too hot when its hottest zone is at or above warn − margin.
+    #[prost(double, tag = "4")]
+    pub temp_margin_c: f64,
+    #[prost(int64, tag = "5")]
+    pub updated_at_unix_us: i64,
+    /// "config" until SetPolicy; then the caller's identity.
+    #[prost(string, tag = "6")]
+    pub updated_by: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetPolicyRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetPolicyRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Replaces the named policy's weights; absent keeps them.
+    #[prost(message, optional, tag = "2")]
+    pub weights: ::core::option::Option<ScoreWeights>,
+    /// Absent keeps the value in effect.
+    #[prost(bool, optional, tag = "3")]
+    pub strict_order: ::core::option::Option<bool>,
+    #[prost(double, optional, tag = "4")]
+    pub temp_margin_c: ::core::option::Option<f64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct JoinRequest {
+    /// host:port the agent listens on, as the controller can reach it.
+    #[prost(string, tag = "1")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub info: ::core::option::Option<NodeInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct JoinResponse {
+    #[prost(message, optional, tag = "1")]
+    pub node: ::core::option::Option<Node>,
+}
+/// Where an experiment is in its life, as the controller sees it.
+///
+/// queued → placing → starting → running → succeeded | failed | stopped | cancelled
+///
+/// A disruption (thermal stop, drain, node lost) ends the run and sends the
+/// experiment back to queued when its on_disruption is "requeue", or to
+/// failed otherwise; it never counts as a crash.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ExperimentPhase {
+    Unspecified = 0,
+    /// Waiting for a node; `reason` says why it has none yet.
+    Queued = 1,
+    /// A node and an epoch are chosen and stored; StartExperiment is on its way.
+    Placing = 2,
+    /// The agent accepted it; systemd is starting the unit.
+    Starting = 3,
+    Running = 4,
+    /// A graceful stop is under way (stop, cancel, restart, drain).
+    Stopping = 5,
+    /// Its node is unreachable: it may well still run.
+    Unknown = 6,
+    Succeeded = 7,
+    Failed = 8,
+    Stopped = 9,
+    Cancelled = 10,
+}
+impl ExperimentPhase {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EXPERIMENT_PHASE_UNSPECIFIED",
+            Self::Queued => "EXPERIMENT_PHASE_QUEUED",
+            Self::Placing => "EXPERIMENT_PHASE_PLACING",
+            Self::Starting => "EXPERIMENT_PHASE_STARTING",
+            Self::Running => "EXPERIMENT_PHASE_RUNNING",
+            Self::Stopping => "EXPERIMENT_PHASE_STOPPING",
+            Self::Unknown => "EXPERIMENT_PHASE_UNKNOWN",
+            Self::Succeeded => "EXPERIMENT_PHASE_SUCCEEDED",
+            Self::Failed => "EXPERIMENT_PHASE_FAILED",
+            Self::Stopped => "EXPERIMENT_PHASE_STOPPED",
+            Self::Cancelled => "EXPERIMENT_PHASE_CANCELLED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EXPERIMENT_PHASE_UNSPECIFIED" => Some(Self::Unspecified),
+            "EXPERIMENT_PHASE_QUEUED" => Some(Self::Queued),
+            "EXPERIMENT_PHASE_PLACING" => Some(Self::Placing),
+            "EXPERIMENT_PHASE_STARTING" => Some(Self::Starting),
+            "EXPERIMENT_PHASE_RUNNING" => Some(Self::Running),
+            "EXPERIMENT_PHASE_STOPPING" => Some(Self::Stopping),
+            "EXPERIMENT_PHASE_UNKNOWN" => Some(Self::Unknown),
+            "EXPERIMENT_PHASE_SUCCEEDED" => Some(Self::Succeeded),
+            "EXPERIMENT_PHASE_FAILED" => Some(Self::Failed),
+            "EXPERIMENT_PHASE_STOPPED" => Some(Self::Stopped),
+            "EXPERIMENT_PHASE_CANCELLED" => Some(Self::Cancelled),
+            _ => None,
+        }
+    }
+}
+/// How one run ended.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RunOutcome {
+    /// Still running.
+    Unspecified = 0,
+    Succeeded = 1,
+    /// Crashed past its restart policy, hit its start limit, timed out or was
+    /// killed for memory; `failure` says which.
+    Failed = 2,
+    Stopped = 3,
+    Cancelled = 4,
+    /// Stopped by the fleet, not by its own fault; `disruption` says why.
+    Disrupted = 5,
+    /// The agent refused or could not start it.
+    StartFailed = 6,
+}
+impl RunOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RUN_OUTCOME_UNSPECIFIED",
+            Self::Succeeded => "RUN_OUTCOME_SUCCEEDED",
+            Self::Failed => "RUN_OUTCOME_FAILED",
+            Self::Stopped => "RUN_OUTCOME_STOPPED",
+            Self::Cancelled => "RUN_OUTCOME_CANCELLED",
+            Self::Disrupted => "RUN_OUTCOME_DISRUPTED",
+            Self::StartFailed => "RUN_OUTCOME_START_FAILED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RUN_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "RUN_OUTCOME_SUCCEEDED" => Some(Self::Succeeded),
+            "RUN_OUTCOME_FAILED" => Some(Self::Failed),
+            "RUN_OUTCOME_STOPPED" => Some(Self::Stopped),
+            "RUN_OUTCOME_CANCELLED" => Some(Self::Cancelled),
+            "RUN_OUTCOME_DISRUPTED" => Some(Self::Disrupted),
+            "RUN_OUTCOME_START_FAILED" => Some(Self::StartFailed),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Disruption {
+    Unspecified = 0,
+    /// The board's thermal guard stopped it at the critical temperature.
+    Thermal = 1,
+    /// Its node was drained with REQUEUE.
+    Drain = 2,
+    /// Its node was silent for longer than node_lost_after.
+    NodeLost = 3,
+    /// Its node was removed from the fleet.
+    NodeRemoved = 4,
+    /// Stopped for Restart; the next run follows.
+    Restart = 5,
+}
+impl Disruption {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DISRUPTION_UNSPECIFIED",
+            Self::Thermal => "DISRUPTION_THERMAL",
+            Self::Drain => "DISRUPTION_DRAIN",
+            Self::NodeLost => "DISRUPTION_NODE_LOST",
+            Self::NodeRemoved => "DISRUPTION_NODE_REMOVED",
+            Self::Restart => "DISRUPTION_RESTART",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DISRUPTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "DISRUPTION_THERMAL" => Some(Self::Thermal),
+            "DISRUPTION_DRAIN" => Some(Self::Drain),
+            "DISRUPTION_NODE_LOST" => Some(Self::NodeLost),
+            "DISRUPTION_NODE_REMOVED" => Some(Self::NodeRemoved),
+            "DISRUPTION_RESTART" => Some(Self::Restart),
+            _ => None,
+        }
+    }
+}
+/// What the scheduler decided for one experiment in one pass.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DecisionOutcome {
+    Unspecified = 0,
+    Placed = 1,
+    /// No node passes every filter.
+    Unschedulable = 2,
+    /// A node might fit, but with strict_order an earlier experiment that
+    /// cannot be placed holds the queue.
+    Blocked = 3,
+}
+impl DecisionOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DECISION_OUTCOME_UNSPECIFIED",
+            Self::Placed => "DECISION_OUTCOME_PLACED",
+            Self::Unschedulable => "DECISION_OUTCOME_UNSCHEDULABLE",
+            Self::Blocked => "DECISION_OUTCOME_BLOCKED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DECISION_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "DECISION_OUTCOME_PLACED" => Some(Self::Placed),
+            "DECISION_OUTCOME_UNSCHEDULABLE" => Some(Self::Unschedulable),
+            "DECISION_OUTCOME_BLOCKED" => Some(Self::Blocked),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EventKind {
+    Unspecified = 0,
+    Submitted = 1,
+    /// The phase changed; `from` and `to` say how.
+    PhaseChanged = 2,
+    Placed = 3,
+    /// Crashed and restarted by systemd within its restart policy.
+    Crashed = 4,
+    Disrupted = 5,
+    NodeAdded = 6,
+    NodeJoined = 7,
+    NodeRemoved = 8,
+    NodeConnected = 9,
+    NodeUnreachable = 10,
+    NodeLost = 11,
+    NodeCordoned = 12,
+    NodeUncordoned = 13,
+    NodeDraining = 14,
+    NodeLabelsChanged = 15,
+    NodePowerModeChanged = 16,
+    NodeThermalChanged = 17,
+    PolicyChanged = 18,
+}
+impl EventKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EVENT_KIND_UNSPECIFIED",
+            Self::Submitted => "EVENT_KIND_SUBMITTED",
+            Self::PhaseChanged => "EVENT_KIND_PHASE_CHANGED",
+            Self::Placed => "EVENT_KIND_PLACED",
+            Self::Crashed => "EVENT_KIND_CRASHED",
+            Self::Disrupted => "EVENT_KIND_DISRUPTED",
+            Self::NodeAdded => "EVENT_KIND_NODE_ADDED",
+            Self::NodeJoined => "EVENT_KIND_NODE_JOINED",
+            Self::NodeRemoved => "EVENT_KIND_NODE_REMOVED",
+            Self::NodeConnected => "EVENT_KIND_NODE_CONNECTED",
+            Self::NodeUnreachable => "EVENT_KIND_NODE_UNREACHABLE",
+            Self::NodeLost => "EVENT_KIND_NODE_LOST",
+            Self::NodeCordoned => "EVENT_KIND_NODE_CORDONED",
+            Self::NodeUncordoned => "EVENT_KIND_NODE_UNCORDONED",
+            Self::NodeDraining => "EVENT_KIND_NODE_DRAINING",
+            Self::NodeLabelsChanged => "EVENT_KIND_NODE_LABELS_CHANGED",
+            Self::NodePowerModeChanged => "EVENT_KIND_NODE_POWER_MODE_CHANGED",
+            Self::NodeThermalChanged => "EVENT_KIND_NODE_THERMAL_CHANGED",
+            Self::PolicyChanged => "EVENT_KIND_POLICY_CHANGED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EVENT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "EVENT_KIND_SUBMITTED" => Some(Self::Submitted),
+            "EVENT_KIND_PHASE_CHANGED" => Some(Self::PhaseChanged),
+            "EVENT_KIND_PLACED" => Some(Self::Placed),
+            "EVENT_KIND_CRASHED" => Some(Self::Crashed),
+            "EVENT_KIND_DISRUPTED" => Some(Self::Disrupted),
+            "EVENT_KIND_NODE_ADDED" => Some(Self::NodeAdded),
+            "EVENT_KIND_NODE_JOINED" => Some(Self::NodeJoined),
+            "EVENT_KIND_NODE_REMOVED" => Some(Self::NodeRemoved),
+            "EVENT_KIND_NODE_CONNECTED" => Some(Self::NodeConnected),
+            "EVENT_KIND_NODE_UNREACHABLE" => Some(Self::NodeUnreachable),
+            "EVENT_KIND_NODE_LOST" => Some(Self::NodeLost),
+            "EVENT_KIND_NODE_CORDONED" => Some(Self::NodeCordoned),
+            "EVENT_KIND_NODE_UNCORDONED" => Some(Self::NodeUncordoned),
+            "EVENT_KIND_NODE_DRAINING" => Some(Self::NodeDraining),
+            "EVENT_KIND_NODE_LABELS_CHANGED" => Some(Self::NodeLabelsChanged),
+            "EVENT_KIND_NODE_POWER_MODE_CHANGED" => Some(Self::NodePowerModeChanged),
+            "EVENT_KIND_NODE_THERMAL_CHANGED" => Some(Self::NodeThermalChanged),
+            "EVENT_KIND_POLICY_CHANGED" => Some(Self::PolicyChanged),
+            _ => None,
+        }
+    }
+}
+/// How the controller reaches a node.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum NodeConnection {
+    Unspecified = 0,
+    /// Known, never reached since the controller started.
+    Pending = 1,
+    /// Its stream is live and fresh.
+    Connected = 2,
+    /// Silent for longer than heartbeat_timeout: nothing new goes there.
+    Unreachable = 3,
+    /// Silent for longer than node_lost_after: its experiments are requeued.
+    Lost = 4,
+}
+impl NodeConnection {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "NODE_CONNECTION_UNSPECIFIED",
+            Self::Pending => "NODE_CONNECTION_PENDING",
+            Self::Connected => "NODE_CONNECTION_CONNECTED",
+            Self::Unreachable => "NODE_CONNECTION_UNREACHABLE",
+            Self::Lost => "NODE_CONNECTION_LOST",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "NODE_CONNECTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "NODE_CONNECTION_PENDING" => Some(Self::Pending),
+            "NODE_CONNECTION_CONNECTED" => Some(Self::Connected),
+            "NODE_CONNECTION_UNREACHABLE" => Some(Self::Unreachable),
+            "NODE_CONNECTION_LOST" => Some(Self::Lost),
+            _ => None,
+        }
+    }
+}
+/// Where the controller learned of a node.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum NodeSource {
+    Unspecified = 0,
+    Config = 1,
+    Joined = 2,
+    Added = 3,
+}
+impl NodeSource {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "NODE_SOURCE_UNSPECIFIED",
+            Self::Config => "NODE_SOURCE_CONFIG",
+            Self::Joined => "NODE_SOURCE_JOINED",
+            Self::Added => "NODE_SOURCE_ADDED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "NODE_SOURCE_UNSPECIFIED" => Some(Self::Unspecified),
+            "NODE_SOURCE_CONFIG" => Some(Self::Config),
+            "NODE_SOURCE_JOINED" => Some(Self::Joined),
+            "NODE_SOURCE_ADDED" => Some(Self::Added),
+            _ => None,
+        }
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DrainMode {
+    /// WAIT.
+    Unspecified = 0,
+    /// Let experiments finish; place nothing new.
+    Wait = 1,
+    /// Stop experiments gracefully now and requeue them as disrupted.
+    Requeue = 2,
+}
+impl DrainMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DRAIN_MODE_UNSPECIFIED",
+            Self::Wait => "DRAIN_MODE_WAIT",
+            Self::Requeue => "DRAIN_MODE_REQUEUE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DRAIN_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "DRAIN_MODE_WAIT" => Some(Self::Wait),
+            "DRAIN_MODE_REQUEUE" => Some(Self::Requeue),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod controller_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    #[derive(Debug, Clone)]
+    pub struct ControllerClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl ControllerClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> ControllerClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> ControllerClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            ControllerClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Validates and stores the experiment (flushed before the reply), appends
+        /// a `submitted` event and pokes the scheduler. With dry_run nothing is
+        /// stored and the reply carries the decision the scheduler would make now.
+        /// An id already in use is AlreadyExists. Role: operator.
+        pub async fn submit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SubmitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubmitResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Submit",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Submit"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Takes a queued experiment out of the queue for good; a placed or running
+        /// one is stopped gracefully first and ends as cancelled. Role: operator.
+        pub async fn cancel(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CancelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Cancel",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Cancel"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Stops a running experiment gracefully; it ends as stopped and is not
+        /// requeued. Role: operator.
+        pub async fn stop(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StopRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Controller/Stop");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "Stop"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Runs the experiment again: a running one is stopped and requeued, a
+        /// finished one goes back into the queue behind experiments of its priority
+        /// already there. A new run record, the old ones kept. Role: operator.
+        pub async fn restart(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RestartRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Restart",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Restart"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Role: viewer.
+        pub async fn get(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Controller/Get");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "Get"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Experiments, in submission order. Role: viewer.
+        pub async fn list(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Controller/List");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "List"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Why the experiment is where it is: the last recorded scheduling decision
+        /// with every node's filter results and scores, and, for a queued
+        /// experiment, the decision the scheduler would make now. Role: viewer.
+        pub async fn explain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::Explanation>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Explain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Explain"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The journal lines of the experiment's current (or given) run, proxied
+        /// from the agent of the board it runs on. Role: viewer.
+        pub async fn logs(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LogsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::LogLine>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Controller/Logs");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "Logs"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Replays the event log from a sequence number, then follows it, so a
+        /// watcher that reconnects with the last seq it saw plus one misses
+        /// nothing. Role: viewer.
+        pub async fn watch_events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::Event>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/WatchEvents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "WatchEvents"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Nodes with their connection, scheduling state and last telemetry.
+        /// Role: viewer.
+        pub async fn list_nodes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListNodesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/ListNodes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "ListNodes"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Nothing new is placed on a cordoned node; what runs there keeps running.
+        /// Role: admin.
+        pub async fn cordon(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Cordon",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Cordon"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Ends a cordon and a drain. Role: admin.
+        pub async fn uncordon(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UncordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Uncordon",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "Uncordon"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Cordons the node and empties it: WAIT lets its experiments finish,
+        /// REQUEUE stops them gracefully now and requeues them as disrupted.
+        /// Role: admin.
+        pub async fn drain(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DrainRequest>,
+        ) -> std::result::Result<tonic::Response<super::DrainResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/Drain",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "Drain"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Role: admin.
+        pub async fn set_labels(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetLabelsRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/SetLabels",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "SetLabels"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Switches the node's nvpmodel mode through its agent. Refused while an
+        /// experiment placed there asks for another mode, unless forced.
+        /// Role: admin.
+        pub async fn set_power_mode(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetNodePowerModeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetNodePowerModeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/SetPowerMode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "SetPowerMode"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A node known by its address; stored, and kept across restarts.
+        /// Role: admin.
+        pub async fn add_node(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AddNodeRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/AddNode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "AddNode"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Forgets a node. Refused while experiments are placed there, unless
+        /// forced: then they are requeued (or failed) as disrupted. Role: admin.
+        pub async fn remove_node(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RemoveNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveNodeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/RemoveNode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "RemoveNode"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The scheduling policy in effect. Role: viewer.
+        pub async fn get_policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Policy>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/GetPolicy",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "GetPolicy"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Switches the policy at run time; stored, so it outlives a restart.
+        /// Role: admin.
+        pub async fn set_policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Policy>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/SetPolicy",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "SetPolicy"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// An agent announces where it listens. Its node name is the one its
+        /// certificate names, never one from the request. Role: agent.
+        pub async fn join(
+            &mut self,
+            request: impl tonic::IntoRequest<super::JoinRequest>,
+        ) -> std::result::Result<tonic::Response<super::JoinResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/fleet.v1.Controller/Join");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("fleet.v1.Controller", "Join"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod controller_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with ControllerServer.
+    #[async_trait]
+    pub trait Controller: std::marker::Send + std::marker::Sync + 'static {
+        /// Validates and stores the experiment (flushed before the reply), appends
+        /// a `submitted` event and pokes the scheduler. With dry_run nothing is
+        /// stored and the reply carries the decision the scheduler would make now.
+        /// An id already in use is AlreadyExists. Role: operator.
+        async fn submit(
+            &self,
+            request: tonic::Request<super::SubmitRequest>,
+        ) -> std::result::Result<tonic::Response<super::SubmitResponse>, tonic::Status>;
+        /// Takes a queued experiment out of the queue for good; a placed or running
+        /// one is stopped gracefully first and ends as cancelled. Role: operator.
+        async fn cancel(
+            &self,
+            request: tonic::Request<super::CancelRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status>;
+        /// Stops a running experiment gracefully; it ends as stopped and is not
+        /// requeued. Role: operator.
+        async fn stop(
+            &self,
+            request: tonic::Request<super::StopRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status>;
+        /// Runs the experiment again: a running one is stopped and requeued, a
+        /// finished one goes back into the queue behind experiments of its priority
+        /// already there. A new run record, the old ones kept. Role: operator.
+        async fn restart(
+            &self,
+            request: tonic::Request<super::RestartRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status>;
+        /// Role: viewer.
+        async fn get(
+            &self,
+            request: tonic::Request<super::GetRequest>,
+        ) -> std::result::Result<tonic::Response<super::Experiment>, tonic::Status>;
+        /// Experiments, in submission order. Role: viewer.
+        async fn list(
+            &self,
+            request: tonic::Request<super::ListRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListResponse>, tonic::Status>;
+        /// Why the experiment is where it is: the last recorded scheduling decision
+        /// with every node's filter results and scores, and, for a queued
+        /// experiment, the decision the scheduler would make now. Role: viewer.
+        async fn explain(
+            &self,
+            request: tonic::Request<super::ExplainRequest>,
+        ) -> std::result::Result<tonic::Response<super::Explanation>, tonic::Status>;
+        /// Server streaming response type for the Logs method.
+        type LogsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::LogLine, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The journal lines of the experiment's current (or given) run, proxied
+        /// from the agent of the board it runs on. Role: viewer.
+        async fn logs(
+            &self,
+            request: tonic::Request<super::LogsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Server streaming response type for the WatchEvents method.
+        type WatchEventsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::Event, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Replays the event log from a sequence number, then follows it, so a
+        /// watcher that reconnects with the last seq it saw plus one misses
+        /// nothing. Role: viewer.
+        async fn watch_events(
+            &self,
+            request: tonic::Request<super::WatchEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchEventsStream>,
+            tonic::Status,
+        >;
+        /// Nodes with their connection, scheduling state and last telemetry.
+        /// Role: viewer.
+        async fn list_nodes(
+            &self,
+            request: tonic::Request<super::ListNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListNodesResponse>,
+            tonic::Status,
+        >;
+        /// Nothing new is placed on a cordoned node; what runs there keeps running.
+        /// Role: admin.
+        async fn cordon(
+            &self,
+            request: tonic::Request<super::CordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status>;
+        /// Ends a cordon and a drain. Role: admin.
+        async fn uncordon(
+            &self,
+            request: tonic::Request<super::UncordonRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status>;
+        /// Cordons the node and empties it: WAIT lets its experiments finish,
+        /// REQUEUE stops them gracefully now and requeues them as disrupted.
+        /// Role: admin.
+        async fn drain(
+            &self,
+            request: tonic::Request<super::DrainRequest>,
+        ) -> std::result::Result<tonic::Response<super::DrainResponse>, tonic::Status>;
+        /// Role: admin.
+        async fn set_labels(
+            &self,
+            request: tonic::Request<super::SetLabelsRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status>;
+        /// Switches the node's nvpmodel mode through its agent. Refused while an
+        /// experiment placed there asks for another mode, unless forced.
+        /// Role: admin.
+        async fn set_power_mode(
+            &self,
+            request: tonic::Request<super::SetNodePowerModeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetNodePowerModeResponse>,
+            tonic::Status,
+        >;
+        /// A node known by its address; stored, and kept across restarts.
+        /// Role: admin.
+        async fn add_node(
+            &self,
+            request: tonic::Request<super::AddNodeRequest>,
+        ) -> std::result::Result<tonic::Response<super::Node>, tonic::Status>;
+        /// Forgets a node. Refused while experiments are placed there, unless
+        /// forced: then they are requeued (or failed) as disrupted. Role: admin.
+        async fn remove_node(
+            &self,
+            request: tonic::Request<super::RemoveNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RemoveNodeResponse>,
+            tonic::Status,
+        >;
+        /// The scheduling policy in effect. Role: viewer.
+        async fn get_policy(
+            &self,
+            request: tonic::Request<super::GetPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Policy>, tonic::Status>;
+        /// Switches the policy at run time; stored, so it outlives a restart.
+        /// Role: admin.
+        async fn set_policy(
+            &self,
+            request: tonic::Request<super::SetPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::Policy>, tonic::Status>;
+        /// An agent announces where it listens. Its node name is the one its
+        /// certificate names, never one from the request. Role: agent.
+        async fn join(
+            &self,
+            request: tonic::Request<super::JoinRequest>,
+        ) -> std::result::Result<tonic::Response<super::JoinResponse>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct ControllerServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> ControllerServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for ControllerServer<T>
+    where
+        T: Controller,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/fleet.v1.Controller/Submit" => {
+                    #[allow(non_camel_case_types)]
+                    struct SubmitSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::SubmitRequest>
+                    for SubmitSvc<T> {
+                        type Response = super::SubmitResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SubmitRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::submit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SubmitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Cancel" => {
+                    #[allow(non_camel_case_types)]
+                    struct CancelSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::CancelRequest>
+                    for CancelSvc<T> {
+                        type Response = super::Experiment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CancelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::cancel(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CancelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Stop" => {
+                    #[allow(non_camel_case_types)]
+                    struct StopSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::StopRequest>
+                    for StopSvc<T> {
+                        type Response = super::Experiment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StopRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::stop(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StopSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Restart" => {
+                    #[allow(non_camel_case_types)]
+                    struct RestartSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::RestartRequest>
+                    for RestartSvc<T> {
+                        type Response = super::Experiment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RestartRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::restart(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RestartSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Get" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::GetRequest>
+                    for GetSvc<T> {
+                        type Response = super::Experiment;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::get(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/List" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::ListRequest>
+                    for ListSvc<T> {
+                        type Response = super::ListResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::list(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Explain" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExplainSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::ExplainRequest>
+                    for ExplainSvc<T> {
+                        type Response = super::Explanation;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExplainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::explain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExplainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Logs" => {
+                    #[allow(non_camel_case_types)]
+                    struct LogsSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::ServerStreamingService<super::LogsRequest>
+                    for LogsSvc<T> {
+                        type Response = super::LogLine;
+                        type ResponseStream = T::LogsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LogsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::logs(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LogsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/WatchEvents" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchEventsSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::ServerStreamingService<super::WatchEventsRequest>
+                    for WatchEventsSvc<T> {
+                        type Response = super::Event;
+                        type ResponseStream = T::WatchEventsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchEventsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::watch_events(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/ListNodes" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListNodesSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::ListNodesRequest>
+                    for ListNodesSvc<T> {
+                        type Response = super::ListNodesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListNodesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::list_nodes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListNodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Cordon" => {
+                    #[allow(non_camel_case_types)]
+                    struct CordonSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::CordonRequest>
+                    for CordonSvc<T> {
+                        type Response = super::Node;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CordonRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::cordon(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CordonSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Uncordon" => {
+                    #[allow(non_camel_case_types)]
+                    struct UncordonSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::UncordonRequest>
+                    for UncordonSvc<T> {
+                        type Response = super::Node;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UncordonRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::uncordon(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UncordonSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Drain" => {
+                    #[allow(non_camel_case_types)]
+                    struct DrainSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::DrainRequest>
+                    for DrainSvc<T> {
+                        type Response = super::DrainResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DrainRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::drain(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DrainSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/SetLabels" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetLabelsSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::SetLabelsRequest>
+                    for SetLabelsSvc<T> {
+                        type Response = super::Node;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetLabelsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::set_labels(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetLabelsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/SetPowerMode" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetPowerModeSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::SetNodePowerModeRequest>
+                    for SetPowerModeSvc<T> {
+                        type Response = super::SetNodePowerModeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetNodePowerModeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::set_power_mode(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetPowerModeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/AddNode" => {
+                    #[allow(non_camel_case_types)]
+                    struct AddNodeSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::AddNodeRequest>
+                    for AddNodeSvc<T> {
+                        type Response = super::Node;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AddNodeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::add_node(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AddNodeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/RemoveNode" => {
+                    #[allow(non_camel_case_types)]
+                    struct RemoveNodeSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::RemoveNodeRequest>
+                    for RemoveNodeSvc<T> {
+                        type Response = super::RemoveNodeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RemoveNodeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::remove_node(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RemoveNodeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/GetPolicy" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetPolicySvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::GetPolicyRequest>
+                    for GetPolicySvc<T> {
+                        type Response = super::Policy;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetPolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::get_policy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetPolicySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/SetPolicy" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetPolicySvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::SetPolicyRequest>
+                    for SetPolicySvc<T> {
+                        type Response = super::Policy;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetPolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::set_policy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetPolicySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/Join" => {
+                    #[allow(non_camel_case_types)]
+                    struct JoinSvc<T: Controller>(pub Arc<T>);
+                    impl<T: Controller> tonic::server::UnaryService<super::JoinRequest>
+                    for JoinSvc<T> {
+                        type Response = super::JoinResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::JoinRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::join(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = JoinSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for ControllerServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "fleet.v1.Controller";
+    impl<T> tonic::server::NamedService for ControllerServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
