@@ -318,6 +318,7 @@ impl Experiments {
             spec: Vec::new(),
             epoch,
             autostart,
+            restart_on_failure: true,
             desired: Desired::Running,
             crashes_before: 0,
             crashes_in_run: 0,
@@ -327,6 +328,7 @@ impl Experiments {
         rec.spec = wire.encode_to_vec();
         rec.epoch = epoch;
         rec.autostart = autostart;
+        rec.restart_on_failure = spec.lifecycle().restarts_on_failure();
         rec.desired = Desired::Running;
         rec.new_run();
         {
@@ -529,7 +531,7 @@ impl Experiments {
         };
         let mut dirty = false;
         if let Some(p) = props.as_ref().filter(|p| !p.is_gone()) {
-            dirty |= rec.observe_crashes(status::crashes_in_run(p, rec.desired));
+            dirty |= rec.observe_crashes(status::crashes_in_run(p, &rec));
             if let Some(o) = self.ended(&unit, p) {
                 if rec.last_outcome.as_ref() != Some(&o) {
                     rec.last_outcome = Some(o);
@@ -595,6 +597,7 @@ impl Experiments {
                         spec: Vec::new(),
                         epoch: 0,
                         autostart: false,
+                        restart_on_failure: true,
                         desired: Desired::Running,
                         crashes_before: 0,
                         crashes_in_run: 0,

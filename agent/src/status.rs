@@ -85,14 +85,24 @@ pub struct Status {
     pub invocation_id: String,
 }
 
-/// Crashes in the current run as systemd counts them: every automatic
-/// restart followed a crash, and a unit that ended failed adds the last one.
-/// A failure by start limit is the refusal of a restart, not a crash.
-pub fn crashes_in_run(p: &UnitProps, desired: Desired) -> u64 {
-    let final_crash = p.active_state == "failed"
-        && desired == Desired::Running
-        && !matches!(p.result.as_str(), "success" | "start-limit-hit" | "");
-    u64::from(p.n_restarts) + u64::from(final_crash)
+/// Crashes in the current run as systemd counts them. Under
+/// `Restart=on-failure` every crash schedules a restart and bumps
+/// `NRestarts`, even the last one, whose restart the start limit refuses (the
+/// unit then ends `failed` with the crash's own result, not
+/// `start-limit-hit`). Without restarts, a failed unit crashed once.
+pub fn crashes_in_run(p: &UnitProps, rec: &Record) -> u64 {
+    if rec.restart_on_failure {
+        return u64::from(p.n_restarts);
+    }
+    let crashed = p.active_state == "failed"
+        && rec.desired == Desired::Running
+        && !matches!(p.result.as_str(), "success" | "");
+    u64::from(crashed)
+}
+
+/// True when a failed unit failed because its restarts ran out.
+fn restarts_exhausted(p: &UnitProps, rec: &Record) -> bool {
+    rec.restart_on_failure && p.active_state == "failed" && p.n_restarts > 0
 }
 
 /// The outcome to remember when a unit stops being active.
@@ -233,7 +243,15 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
                 .clone()
                 .filter(|o| o.invocation_id == p.invocation_id)
                 .unwrap_or_else(|| outcome_of(p, false, 0));
-            ended(&mut st, &o)
+            let state = ended(&mut st, &o);
+            if restarts_exhausted(p, rec) && st.failure != Failure::StartLimit {
+                st.failure_message = format!(
+                    "crashed {} times, restart limit (max_restarts) reached; last crash: {}",
+                    p.n_restarts, st.failure_message
+                );
+                st.failure = Failure::StartLimit;
+            }
+            state
         }
         (_, Desired::Running) => match &rec.last_outcome {
             Some(o) => ended(&mut st, o),
@@ -257,6 +275,7 @@ mod tests {
             spec: vec![],
             epoch: 3,
             autostart: false,
+            restart_on_failure: true,
             desired,
             crashes_before: 1,
             crashes_in_run: 2,
@@ -293,17 +312,25 @@ mod tests {
         assert_eq!(derive("u", &r, None).state, State::Stopped);
     }
 
+    /// As systemd 252 reports it: the restart refused by the start limit
+    /// leaves `Result=exit-code` and `NRestarts` equal to the crashes.
     #[test]
-    fn start_limit_failure_names_the_reason_and_counts_no_extra_crash() {
-        let r = rec(Desired::Running);
-        let mut p = props("failed", "failed", "start-limit-hit");
-        p.n_restarts = 2;
+    fn start_limit_failure_names_the_reason_and_counts_each_crash_once() {
+        let mut r = rec(Desired::Running);
+        let mut p = props("failed", "failed", "exit-code");
+        p.n_restarts = 3;
+        p.exec_main_code = CLD_EXITED;
+        p.exec_main_status = 3;
         let st = derive("u", &r, Some(&p));
         assert_eq!(st.state, State::Failed);
         assert_eq!(st.failure, Failure::StartLimit);
-        assert_eq!(crashes_in_run(&p, Desired::Running), 2);
-        p.result = "exit-code".into();
-        assert_eq!(crashes_in_run(&p, Desired::Running), 3);
+        assert!(st.failure_message.contains("exited with code 3"), "{}", st.failure_message);
+        assert_eq!(crashes_in_run(&p, &r), 3);
+        // Without restarts, one crash ends the run.
+        r.restart_on_failure = false;
+        p.n_restarts = 0;
+        assert_eq!(crashes_in_run(&p, &r), 1);
+        assert_eq!(derive("u", &r, Some(&p)).failure, Failure::ExitCode);
     }
 
     #[test]

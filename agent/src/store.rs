@@ -65,6 +65,9 @@ pub struct Record {
     pub spec: Vec<u8>,
     pub epoch: u64,
     pub autostart: bool,
+    /// The spec's restart policy: systemd restarts crashes (`on-failure`).
+    #[serde(default = "yes")]
+    pub restart_on_failure: bool,
     pub desired: Desired,
     /// Crashes in runs that have ended (explicit restarts, reboots).
     pub crashes_before: u64,
@@ -159,6 +162,10 @@ impl Store {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn decode(id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
     #[derive(Deserialize)]
     struct Versioned {
@@ -191,6 +198,7 @@ mod tests {
             spec: vec![],
             epoch: 1,
             autostart: false,
+            restart_on_failure: true,
             desired: Desired::Running,
             crashes_before: 0,
             crashes_in_run: 0,
