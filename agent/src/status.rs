@@ -324,7 +324,11 @@ mod tests {
         let st = derive("u", &r, Some(&p));
         assert_eq!(st.state, State::Failed);
         assert_eq!(st.failure, Failure::StartLimit);
-        assert!(st.failure_message.contains("exited with code 3"), "{}", st.failure_message);
+        assert!(
+            st.failure_message.contains("exited with code 3"),
+            "{}",
+            st.failure_message
+        );
         assert_eq!(crashes_in_run(&p, &r), 3);
         // Without restarts, one crash ends the run.
         r.restart_on_failure = false;
