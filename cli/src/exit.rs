@@ -1,0 +1,385 @@
+//! Exit codes scripts can trust, and fleetctl's one error type.
+//!
+//! Every failure ends as `fleetctl: <message>` on stderr (a spec file's
+//! problems as `FILE:LINE:COL: field: problem` lines first) and one of the
+//! codes below; never a backtrace or a `Debug` dump.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | error: the request failed, a file is bad, the peer cannot be reached, or the command needs a controller |
+//! | 2 | usage: bad flags or arguments (clap's own code too) |
+//! | 3 | not found: no such experiment (gRPC `NotFound`) |
+//! | 4 | refused: by policy or permission (`PermissionDenied`, `Unauthenticated`), a stale epoch or a needed reboot (`FailedPrecondition`), or the board declines (`Unavailable`, e.g. too hot) |
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use fleet_proto::pki::PkiError;
+use fleet_proto::spec::file::SpecFileError;
+use fleet_proto::tls::TlsError;
+use tonic::Code;
+
+use crate::config::ConfigError;
+
+/// The process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    Error = 1,
+    Usage = 2,
+    NotFound = 3,
+    Refused = 4,
+}
+
+impl ExitCode {
+    /// The code for a gRPC status: one exhaustive table, so a new code forces
+    /// a decision here.
+    pub fn of_grpc(code: Code) -> Self {
+        match code {
+            Code::Ok => ExitCode::Ok,
+            Code::NotFound => ExitCode::NotFound,
+            Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::Unavailable => ExitCode::Refused,
+            Code::Cancelled
+            | Code::Unknown
+            | Code::InvalidArgument
+            | Code::DeadlineExceeded
+            | Code::AlreadyExists
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss => ExitCode::Error,
+        }
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code as u8)
+    }
+}
+
+/// One spec file that did not pass validation.
+#[derive(Debug)]
+pub struct BadSpecFile {
+    /// The file as the user named it.
+    pub path: PathBuf,
+    pub error: SpecFileError,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The peer answered a call with an error status.
+    #[error("{context}: {}", status_text(.status))]
+    Rpc {
+        /// What was being done, e.g. `stop "amnesiac-001"`.
+        context: String,
+        status: tonic::Status,
+    },
+    /// TLS material could not be loaded or the peer could not be reached.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// One or more spec files are invalid; nothing was submitted.
+    #[error("{}", spec_summary(.0))]
+    Spec(Vec<BadSpecFile>),
+    /// A spec file or another input file cannot be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file cannot be written.
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The command exists only with a controller, which this fleetctl
+    /// cannot talk to yet.
+    #[error("{}", needs_controller(.command, .controller.as_deref(), *.single_board))]
+    NeedsController {
+        /// The command as typed, e.g. `ps`.
+        command: String,
+        /// The configured controller address, if any.
+        controller: Option<String>,
+        /// Whether the command also works with `--agent`.
+        single_board: bool,
+    },
+    /// Arguments that clap accepted but that make no sense together or
+    /// break a rule of their value.
+    #[error("{0}")]
+    Usage(String),
+    /// A request went through but its outcome is a failure (e.g. `submit
+    /// --wait` saw the experiment fail).
+    #[error("{0}")]
+    Failed(String),
+    /// Writing to standard output failed.
+    #[error("cannot write to standard output")]
+    Output(#[source] io::Error),
+    /// Several items of one command failed (`stop a b c`); never empty.
+    #[error("{}", .0.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "))]
+    Many(Vec<CliError>),
+}
+
+impl CliError {
+    /// The exit code this error ends the process with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Rpc { status, .. } => ExitCode::of_grpc(status.code()),
+            CliError::Many(errors) => errors.first().map_or(ExitCode::Error, CliError::exit_code),
+            CliError::Usage(_) => ExitCode::Usage,
+            CliError::Tls(_)
+            | CliError::Config(_)
+            | CliError::Pki(_)
+            | CliError::Spec(_)
+            | CliError::Read { .. }
+            | CliError::Write { .. }
+            | CliError::NeedsController { .. }
+            | CliError::Failed(_)
+            | CliError::Output(_) => ExitCode::Error,
+        }
+    }
+
+    /// Whether this is standard output closed under us (`fleetctl logs x |
+    /// head`): not worth a message, and not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    /// What is printed on stderr: spec problems one per line
+    /// (`FILE:LINE:COL: field: problem`), then `fleetctl: <message>` with
+    /// the causes of the error on the same line.
+    pub fn report(&self) -> String {
+        if let CliError::Many(errors) = self {
+            return errors
+                .iter()
+                .map(CliError::report)
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        let mut out = String::new();
+        if let CliError::Spec(files) = self {
+            for file in files {
+                for problem in file.error.problems() {
+                    out.push_str(&format!("{}:{problem}\n", file.path.display()));
+                }
+            }
+        }
+        out.push_str("fleetctl: ");
+        out.push_str(&chain(self));
+        out
+    }
+
+    /// One error for the failures of several items, `Ok` when none failed.
+    pub fn from_many(mut errors: Vec<CliError>) -> Result<(), CliError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(CliError::Many(errors)),
+        }
+    }
+
+    /// An error status of a call, with what the call was for.
+    pub fn rpc(context: impl Into<String>, status: tonic::Status) -> Self {
+        CliError::Rpc {
+            context: context.into(),
+            status,
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// A status's message, or the meaning of its code when it has none.
+fn status_text(status: &tonic::Status) -> String {
+    let message = status.message().trim();
+    if message.is_empty() {
+        status.code().description().to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
+fn spec_summary(files: &[BadSpecFile]) -> String {
+    let problems: usize = files.iter().map(|f| f.error.problems().len()).sum();
+    let names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    format!(
+        "{} in {}; nothing was submitted",
+        plural(problems, "problem"),
+        names.join(", ")
+    )
+}
+
+fn needs_controller(command: &str, controller: Option<&str>, single_board: bool) -> String {
+    let mut text = format!("\"{command}\" needs a controller");
+    if let Some(addr) = controller {
+        text.push_str(&format!(
+            " (this fleetctl cannot talk to the controller at {addr} yet)"
+        ));
+    }
+    if single_board {
+        text.push_str("; use --agent HOST:PORT for a single board");
+    } else {
+        text.push_str("; it has no single-board form with --agent");
+    }
+    text
+}
+
+/// `1 problem`, `2 problems`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+impl fmt::Display for ExitCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", *self as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_proto::spec::file::spec_from_toml;
+
+    #[test]
+    fn grpc_codes_map_to_documented_exit_codes() {
+        let cases = [
+            (Code::NotFound, 3),
+            (Code::PermissionDenied, 4),
+            (Code::Unauthenticated, 4),
+            (Code::FailedPrecondition, 4),
+            (Code::Unavailable, 4),
+            (Code::InvalidArgument, 1),
+            (Code::Internal, 1),
+            (Code::Unimplemented, 1),
+            (Code::DeadlineExceeded, 1),
+        ];
+        for (code, exit) in cases {
+            let e = CliError::rpc("stop \"x\"", tonic::Status::new(code, "m"));
+            assert_eq!(e.exit_code() as u8, exit, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn rpc_errors_show_the_server_message_not_debug() {
+        let e = CliError::rpc(
+            "stop \"amnesiac-001\"",
+            tonic::Status::not_found("experiment amnesiac-001 is not known to this board"),
+        );
+        assert_eq!(
+            e.report(),
+            "fleetctl: stop \"amnesiac-001\": experiment amnesiac-001 is not known to this board"
+        );
+        let empty = CliError::rpc("get node", tonic::Status::permission_denied(""));
+        assert!(empty.report().starts_with("fleetctl: get node: "));
+        assert!(!empty.report().contains("Status {"));
+    }
+
+    #[test]
+    fn local_errors_have_their_own_codes() {
+        assert_eq!(CliError::Usage("u".into()).exit_code(), ExitCode::Usage);
+        let needs = CliError::NeedsController {
+            command: "ps".into(),
+            controller: None,
+            single_board: true,
+        };
+        assert_eq!(needs.exit_code(), ExitCode::Error);
+        assert_eq!(
+            needs.report(),
+            "fleetctl: \"ps\" needs a controller; use --agent HOST:PORT for a single board"
+        );
+        let events = CliError::NeedsController {
+            command: "events".into(),
+            controller: Some("lab:7400".into()),
+            single_board: false,
+        };
+        assert!(
+            events.report().contains("controller at lab:7400"),
+            "{}",
+            events.report()
+        );
+        let pipe = CliError::Output(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(pipe.is_broken_pipe());
+    }
+
+    #[test]
+    fn several_failures_report_each_and_exit_with_the_first() {
+        let many = CliError::from_many(vec![
+            CliError::rpc("stop \"a\"", tonic::Status::not_found("no a")),
+            CliError::rpc("stop \"b\"", tonic::Status::permission_denied("viewer")),
+        ])
+        .unwrap_err();
+        assert_eq!(many.exit_code(), ExitCode::NotFound);
+        assert_eq!(
+            many.report(),
+            "fleetctl: stop \"a\": no a\nfleetctl: stop \"b\": viewer"
+        );
+        assert!(CliError::from_many(Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn spec_errors_list_file_line_column_field_problem() {
+        let text = "command = [\"/bin/true\"]\n[resources]\nmemory_max = \"8GB\"\n";
+        let error = spec_from_toml(text, |_| Ok(Vec::new())).unwrap_err();
+        let e = CliError::Spec(vec![BadSpecFile {
+            path: "exp.toml".into(),
+            error,
+        }]);
+        let report = e.report();
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(lines.len(), 2, "{report}");
+        assert!(
+            lines[0]
+                .starts_with("exp.toml:3:14: resources.memory_max: memory size \"8GB\" is invalid"),
+            "{report}"
+        );
+        assert_eq!(
+            lines[1],
+            "fleetctl: 1 problem in exp.toml; nothing was submitted"
+        );
+        assert_eq!(e.exit_code(), ExitCode::Error);
+    }
+
+    #[test]
+    fn causes_are_joined_once() {
+        let inner = io::Error::new(io::ErrorKind::NotFound, "No such file or directory");
+        let e = CliError::Read {
+            path: "exp.toml".into(),
+            source: inner,
+        };
+        assert_eq!(
+            e.report(),
+            "fleetctl: cannot read exp.toml: No such file or directory"
+        );
+    }
+}
