@@ -120,14 +120,26 @@ impl App {
             target: format!("{}.target", crate::unit_file::TEMPLATE),
         };
         sd_notify("READY=1");
-        Server::builder()
+        let server = Server::builder()
             .layer(AuthzLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(v1::agent_server::AgentServer::new(service))
-            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown)
-            .await?;
-        watcher.abort();
+            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown);
+        tokio::select! {
+            served = server => served?,
+            watched = watcher => {
+                // The bus went away (the manager restarted, or D-Bus did).
+                // Exit so systemd restarts the agent on a fresh connection;
+                // the experiments are systemd's and keep running.
+                let why = match watched {
+                    Ok(Ok(())) => "the D-Bus connection to systemd closed".to_owned(),
+                    Ok(Err(e)) => crate::grpc::error_chain(&e),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("lost systemd: {why}");
+            }
+        }
         tracing::info!("stopped serving; experiments keep running");
         Ok(())
     }
