@@ -2,6 +2,11 @@
 //!
 //! Parses the command line, runs the command, and turns its error into
 //! `fleetctl: <message>` and a documented exit code ([`exit`]).
+//!
+//! This crate is a gRPC edge: it converts wire messages into the
+//! documented JSON of [`views`] and into tables, and checks input with
+//! `fleet-proto`'s rules before sending it. Scheduling, board control and
+//! state never live here; they are the controller's and the agents'.
 
 mod agent_cmds;
 mod args;
