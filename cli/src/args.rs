@@ -135,8 +135,10 @@ pub enum Command {
     #[command(subcommand)]
     Node(NodeCommand),
     /// Switch a board's nvpmodel power mode
+    #[command(override_usage = "fleetctl power [OPTIONS] [NODE] <MODE>")]
     Power(PowerArgs),
     /// Turn jetson_clocks on or off on a board
+    #[command(override_usage = "fleetctl clocks [OPTIONS] [NODE] <on|off>")]
     Clocks(ClocksArgs),
     /// The controller's scheduling policy (controller)
     #[command(subcommand)]
@@ -321,8 +323,12 @@ pub struct DrainArgs {
 
 #[derive(Debug, Args)]
 pub struct PowerArgs {
-    /// [NODE] MODE: the board (optional with --agent) and the nvpmodel mode, by name ("MAXN") or id ("0")
-    #[arg(required = true, num_args = 1..=2, value_names = ["NODE", "MODE"])]
+    #[arg(
+        required = true,
+        num_args = 1..=2,
+        value_name = "[NODE] MODE",
+        help = "The board (optional with --agent) and the nvpmodel mode, by name (\"MAXN\") or id (\"0\")"
+    )]
     pub args: Vec<String>,
     /// Switch even if the board must reboot for it
     #[arg(long)]
@@ -331,8 +337,12 @@ pub struct PowerArgs {
 
 #[derive(Debug, Args)]
 pub struct ClocksArgs {
-    /// [NODE] on|off: the board (optional with --agent) and the new state
-    #[arg(required = true, num_args = 1..=2, value_names = ["NODE", "STATE"])]
+    #[arg(
+        required = true,
+        num_args = 1..=2,
+        value_name = "[NODE] on|off",
+        help = "The board (optional with --agent) and the new state"
+    )]
     pub args: Vec<String>,
 }
 
@@ -362,8 +372,11 @@ pub struct PkiInitArgs {
     /// Where the CA goes
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
-    /// The fleet's name, the trust domain of every identity (spiffe://<fleet>/...)
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "The fleet's name, the trust domain of every identity (spiffe://<fleet>/...)"
+    )]
     pub fleet: String,
     /// Replace an existing CA (every certificate it issued stops working)
     #[arg(long)]
