@@ -277,7 +277,7 @@ impl Experiments {
         let epoch = match (&existing, epoch) {
             (Some(r), 0) if running => {
                 let _ = r;
-                return self.status_of(&id).await;
+                return self.refresh(&id).await;
             }
             (Some(r), 0) => r.epoch + 1,
             (Some(r), e) if e < r.epoch => {
@@ -287,7 +287,7 @@ impl Experiments {
                     requested: e,
                 })
             }
-            (Some(r), e) if e == r.epoch => return self.status_of(&id).await,
+            (Some(r), e) if e == r.epoch => return self.refresh(&id).await,
             (_, 0) => 1,
             (_, e) => e,
         };
@@ -471,15 +471,22 @@ impl Experiments {
         self.refresh(id).await
     }
 
+    /// The experiment's status as systemd reports it now. Reading also
+    /// records what the watcher may not have seen yet, so a status never
+    /// shows a newer state with older counters.
     pub async fn get(&self, id: &str) -> Result<Status> {
-        Self::parse_id(id)?;
-        self.status_of(id).await
+        self.refresh(id).await
     }
 
     pub async fn list(&self) -> Result<Vec<Status>> {
         let mut out = Vec::new();
         for rec in self.store.list()? {
-            out.push(self.status_of(&rec.id).await?);
+            match self.refresh(&rec.id).await {
+                Ok(st) => out.push(st),
+                // Removed while listing.
+                Err(ExperimentError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -511,13 +518,6 @@ impl Experiments {
         self.list().await
     }
 
-    async fn status_of(&self, id: &str) -> Result<Status> {
-        let rec = self.record(id).await?;
-        let eid = Self::parse_id(id)?;
-        let props = self.systemd.props(&Self::unit(&eid)).await?;
-        Ok(status::derive(&Self::unit(&eid), &rec, props.as_ref()))
-    }
-
     /// Re-reads one experiment from systemd, updates counters and the last
     /// outcome, and emits an event when something a person would notice
     /// changed. Called on every signal about the unit.
@@ -525,6 +525,18 @@ impl Experiments {
         let eid = Self::parse_id(id)?;
         let unit = Self::unit(&eid);
         let props = self.systemd.props(&unit).await?;
+        if let Some(p) = &props {
+            tracing::debug!(
+                experiment = %id,
+                active = %p.active_state,
+                sub = %p.sub_state,
+                result = %p.result,
+                code = p.exec_main_code,
+                status = p.exec_main_status,
+                restarts = p.n_restarts,
+                "unit changed"
+            );
+        }
         let _r = self.records.lock().await;
         let Some(mut rec) = self.store.get(id)? else {
             return Err(ExperimentError::NotFound { id: id.to_owned() });
@@ -619,16 +631,29 @@ impl Experiments {
         Ok(n)
     }
 
-    /// Follows systemd's signals until the bus goes away.
+    /// Follows systemd's signals until the bus goes away. A transition comes
+    /// as a burst of signals (one per interface and job); each burst is
+    /// folded into one refresh per experiment.
     pub async fn watch(self: Arc<Self>) -> Result<()> {
+        use futures_util::FutureExt;
         let mut changes = Box::pin(self.systemd.unit_changes().await?);
-        while let Some(unit) = changes.next().await {
-            let Some(id) = unit_file::parse_instance_unit(&unit) else {
-                continue;
-            };
-            match self.refresh(id.as_str()).await {
-                Ok(_) | Err(ExperimentError::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(experiment = %id.as_str(), error = %e, "cannot refresh"),
+        while let Some(first) = changes.next().await {
+            let mut units = vec![first];
+            while let Some(Some(more)) = changes.next().now_or_never() {
+                if !units.contains(&more) {
+                    units.push(more);
+                }
+            }
+            for unit in units {
+                let Some(id) = unit_file::parse_instance_unit(&unit) else {
+                    continue;
+                };
+                match self.refresh(id.as_str()).await {
+                    Ok(_) | Err(ExperimentError::NotFound { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(experiment = %id.as_str(), error = %e, "cannot refresh")
+                    }
+                }
             }
         }
         Ok(())

@@ -227,6 +227,22 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
             State::Failed
         }
     };
+    // How the last run ended, for every state that is not active.
+    let outcome = match live {
+        Some(p) if p.active_state == "failed" || p.active_state == "inactive" => rec
+            .last_outcome
+            .clone()
+            .filter(|o| o.invocation_id == p.invocation_id)
+            .or_else(|| (p.exec_main_code != 0).then(|| outcome_of(p, false, 0))),
+        Some(_) => None,
+        None => rec.last_outcome.clone(),
+    };
+    if let Some(o) = &outcome {
+        let (_, code, sig, _) = classify(o);
+        st.exit_code = code;
+        st.exit_signal = sig;
+        st.result = o.result.clone();
+    }
     st.state = match (live.map(|p| p.active_state.as_str()), rec.desired) {
         (Some("active" | "reloading"), _) => State::Running,
         (Some("activating"), _) if live.is_some_and(|p| p.sub_state == "auto-restart") => {
@@ -236,25 +252,20 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
         (Some("deactivating"), _) => State::Stopping,
         (_, Desired::Stopped) => State::Stopped,
         (_, Desired::Disrupted) => State::Disrupted,
-        (Some("failed"), Desired::Running) => {
-            let p = live.expect("matched Some");
-            let o = rec
-                .last_outcome
-                .clone()
-                .filter(|o| o.invocation_id == p.invocation_id)
-                .unwrap_or_else(|| outcome_of(p, false, 0));
-            let state = ended(&mut st, &o);
-            if restarts_exhausted(p, rec) && st.failure != Failure::StartLimit {
-                st.failure_message = format!(
-                    "crashed {} times, restart limit (max_restarts) reached; last crash: {}",
-                    p.n_restarts, st.failure_message
-                );
-                st.failure = Failure::StartLimit;
+        (_, Desired::Running) => match &outcome {
+            Some(o) => {
+                let state = ended(&mut st, o);
+                if let Some(p) = live.filter(|p| restarts_exhausted(p, rec)) {
+                    if st.failure != Failure::StartLimit {
+                        st.failure_message = format!(
+                            "crashed {} times, restart limit (max_restarts) reached; last crash: {}",
+                            p.n_restarts, st.failure_message
+                        );
+                        st.failure = Failure::StartLimit;
+                    }
+                }
+                state
             }
-            state
-        }
-        (_, Desired::Running) => match &rec.last_outcome {
-            Some(o) => ended(&mut st, o),
             // Started, but systemd has not picked up the job yet.
             None if live.is_some() => State::Starting,
             None => State::Unknown,

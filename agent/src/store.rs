@@ -231,7 +231,23 @@ mod tests {
             r.crashes_before = 7;
             s.put(&r).await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the file lock shortly after the
+        // last handle drops; a new process (the agent after kill -9) never
+        // waits for it, this test does.
+        let s = {
+            let mut tries = 0;
+            loop {
+                match Store::open(dir.path()) {
+                    Ok(s) => break s,
+                    Err(e) if tries < 100 => {
+                        tries += 1;
+                        let _ = e;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
         assert_eq!(s.get("a").unwrap().unwrap().crashes_before, 7);
         assert_eq!(s.list().unwrap().len(), 1);
         assert!(s.remove("a").await.unwrap());
