@@ -2,7 +2,7 @@
 //! start, `kill -9`, restart, and clients with any identity.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,11 +25,12 @@ pub fn agent_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>/fleet-agent
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target profile directory");
+        // target/<profile>/deps/<test> or target/<profile>/<bin>
+        // → target/<profile>/fleet-agent
+        let mut profile_dir = exe.parent().expect("target directory");
+        if profile_dir.ends_with("deps") {
+            profile_dir = profile_dir.parent().expect("target profile directory");
+        }
         let bin = profile_dir.join("fleet-agent");
         if !bin.exists() {
             let status = std::process::Command::new(env!("CARGO"))
@@ -149,11 +150,7 @@ impl AgentHandle {
     }
 
     /// A client as a fresh user with `role`.
-    pub async fn client(
-        &self,
-        pki: &TestPki,
-        role: Role,
-    ) -> anyhow::Result<AgentClient<Channel>> {
+    pub async fn client(&self, pki: &TestPki, role: Role) -> anyhow::Result<AgentClient<Channel>> {
         let certs = pki.user(&format!("{}-{}", role.as_str(), self.starts), role)?;
         self.client_as(&certs).await
     }
