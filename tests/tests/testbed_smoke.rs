@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleet_testbed::poll::{wait_for, Check};
-use fleet_testbed::testbed::{Board, Layout, Mode, Testbed};
+use fleet_testbed::testbed::{
+    Board, Layout, Mode, Testbed, REQUIRE_VAR, TARGET, TARGET_NAME, TEMPLATE, TEMPLATE_NAME,
+};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -664,4 +666,43 @@ async fn teardown_leaves_no_process_cgroup_or_mount() {
     assert!(board.command("true").status().await.is_err());
 
     report("teardown", started);
+}
+
+#[tokio::test]
+async fn the_shipped_units_pass_systemd_analyze_verify() {
+    if !Path::new("/usr/bin/systemd-analyze").exists()
+        && !Path::new("/bin/systemd-analyze").exists()
+    {
+        assert_ne!(
+            std::env::var(REQUIRE_VAR).as_deref(),
+            Ok("1"),
+            "{REQUIRE_VAR}=1 but systemd-analyze is not installed"
+        );
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(TEMPLATE_NAME), TEMPLATE).unwrap();
+    fs::write(dir.path().join(TARGET_NAME), TARGET).unwrap();
+    // A template is verified through an instance of it.
+    std::os::unix::fs::symlink(TEMPLATE_NAME, dir.path().join(unit("verify"))).unwrap();
+    let runtime = dir.path().join("runtime");
+    fs::create_dir(&runtime).unwrap();
+    for manager in ["--system", "--user"] {
+        let out = tokio::process::Command::new("systemd-analyze")
+            .arg(manager)
+            .arg("verify")
+            .arg(dir.path().join(unit("verify")))
+            .arg(dir.path().join(TARGET_NAME))
+            // Only these files, plus the manager's own units.
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{manager}: {stderr}");
+        // Warnings do not fail the command; they fail this test.
+        assert_eq!(stderr.trim(), "", "{manager}");
+    }
 }

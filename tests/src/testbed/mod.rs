@@ -72,7 +72,14 @@
 //!   `oom-kill:constraint=CONSTRAINT_MEMCG,…,oom_memcg=/fleet-testbed/<run>/
 //!   <board>/app.slice/app-brain\x2dexperiment.slice/brain-experiment@<id>.service,…`.
 //!   A user manager puts instances in `app.slice/app-<template>.slice`; a
-//!   system manager in `system-<template>.slice`.
+//!   system manager in `system-<template>.slice`. /dev/kmsg itself writes the
+//!   backslash of `\x2d` as `\x5c`, so match on the instance's name.
+//! - **Finished instances are unloaded.** An instance that exits with
+//!   success goes inactive and is garbage-collected at once
+//!   (CollectMode=inactive): `systemctl show` then reports defaults
+//!   (`InvocationID=`, `ExecMainStatus=0`). Read results from the unit's
+//!   signals as it ends, or hold a reference (`Ref()` on the unit's bus
+//!   object); a failed instance stays loaded until `reset-failed`.
 //! - **journald.** `systemd-journald` runs fine by hand inside the namespace:
 //!   it creates its sockets in `/run/systemd/journal/` and its files in
 //!   `/run/log/journal/<machine-id>/`. A drop-in in
@@ -96,7 +103,11 @@
 //!   root, so the testbed recreates its own sub-cgroups before each use. All
 //!   board processes are in the board's subtree of the cgroup2 hierarchy, so
 //!   `cgroup.kill` there ends a board at once; the namespaces vanish with the
-//!   last process and the testbed's last handle on them.
+//!   last process and the testbed's last handle on them. Board processes run
+//!   in their own process groups, so a Ctrl-C reaches only the test; a run
+//!   that dies without tearing down (SIGKILL, Ctrl-C) leaves its boards
+//!   running, and the next [`Testbed::new`] on the machine reaps them (the
+//!   run's cgroup name carries its process id and start time).
 
 mod board;
 mod cgroup;
