@@ -146,7 +146,10 @@ async fn logs_follow_and_exit_zero_is_succeeded() {
     };
     let st = start(
         &mut f.admin,
-        sh("hello", "echo hello-$FLEET_EXPERIMENT_ID; sleep 0.3; echo done"),
+        sh(
+            "hello",
+            "echo hello-$FLEET_EXPERIMENT_ID; sleep 0.3; echo done",
+        ),
         0,
     )
     .await
@@ -172,7 +175,10 @@ async fn logs_follow_and_exit_zero_is_succeeded() {
     // Follow: lines written after the stream opened arrive on it.
     start(
         &mut f.admin,
-        sh("ticker", "i=0; while [ $i -lt 50 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done"),
+        sh(
+            "ticker",
+            "i=0; while [ $i -lt 50 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done",
+        ),
         0,
     )
     .await
@@ -327,7 +333,10 @@ async fn stop_sends_sigterm_and_kills_after_the_stop_timeout() {
     assert_eq!(stubborn.result, "timeout", "{stubborn:?}");
     assert_eq!(stubborn.exit_signal, Some(9), "{stubborn:?}");
     let polite_logs = logs(&mut f.admin, "polite").await;
-    assert!(polite_logs.contains(&"got-sigterm".to_owned()), "{polite_logs:?}");
+    assert!(
+        polite_logs.contains(&"got-sigterm".to_owned()),
+        "{polite_logs:?}"
+    );
     let stubborn_logs = logs(&mut f.admin, "stubborn").await;
     assert!(
         stubborn_logs.contains(&"ignoring-sigterm".to_owned()),
@@ -343,9 +352,13 @@ async fn kill_9_of_the_agent_leaves_the_experiment_running() {
     let Some(mut f) = fixture("kill", 6).await else {
         return;
     };
-    start(&mut f.admin, sh("steady", "while true; do sleep 1; done"), 0)
-        .await
-        .unwrap();
+    start(
+        &mut f.admin,
+        sh("steady", "while true; do sleep 1; done"),
+        0,
+    )
+    .await
+    .unwrap();
     let before = wait_state(&f.admin, "steady", "steady to run", |s| {
         s.state() == ExperimentState::Running && s.main_pid != 0
     })
@@ -374,9 +387,13 @@ async fn autostart_survives_a_reboot_and_only_then() {
     let mut keep = sh("keeper", "while true; do sleep 1; done");
     keep.lifecycle.as_mut().unwrap().autostart = true;
     start(&mut f.admin, keep, 0).await.unwrap();
-    start(&mut f.admin, sh("oneshot", "while true; do sleep 1; done"), 0)
-        .await
-        .unwrap();
+    start(
+        &mut f.admin,
+        sh("oneshot", "while true; do sleep 1; done"),
+        0,
+    )
+    .await
+    .unwrap();
     let before = wait_state(&f.admin, "keeper", "keeper to run", |s| {
         s.state() == ExperimentState::Running
     })
@@ -468,9 +485,13 @@ async fn mtls_and_roles_are_enforced() {
     let Some(mut f) = fixture("authz", 9).await else {
         return;
     };
-    start(&mut f.admin, sh("guarded", "while true; do sleep 1; done"), 0)
-        .await
-        .unwrap();
+    start(
+        &mut f.admin,
+        sh("guarded", "while true; do sleep 1; done"),
+        0,
+    )
+    .await
+    .unwrap();
 
     // A viewer reads but cannot start or stop.
     let mut viewer = f.agent.client(&f.pki, Role::Viewer).await.unwrap();
@@ -524,7 +545,10 @@ async fn mtls_and_roles_are_enforced() {
         })
         .unwrap();
     let e = probe.with(&stranger.cert, &stranger.key).await.unwrap_err();
-    assert!(e.contains("UnknownCA") || e.contains("BadCertificate"), "{e}");
+    assert!(
+        e.contains("UnknownCA") || e.contains("BadCertificate"),
+        "{e}"
+    );
     let (cert, key) = fleet_testbed::tlsprobe::issue_raw(
         &f.pki.ca,
         "spiffe://testlab/user/superuser/eve",
@@ -555,7 +579,10 @@ async fn bad_input_is_refused_and_writes_nothing() {
     s.id = "ssh.service".into();
     cases.push(("id", s));
     cases.push(("command", spec("nul", &["/bin/echo", "a\0b"])));
-    cases.push(("command", spec("newline", &["/bin/echo", "a\nExecStartPre=/bin/rm"])));
+    cases.push((
+        "command",
+        spec("newline", &["/bin/echo", "a\nExecStartPre=/bin/rm"]),
+    ));
     cases.push(("command", spec("empty", &[])));
     let mut s = good.clone();
     s.id = "envname".into();
