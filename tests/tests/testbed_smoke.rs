@@ -558,6 +558,21 @@ fn in_mount_namespace(inode: u64) -> Vec<u32> {
         .collect()
 }
 
+/// The processes in mount namespace `inode` that are not another run's. The
+/// kernel hands a freed namespace's inode number to the next namespace, and
+/// tests running in parallel create namespaces all the time: a process in a
+/// board of another run, in that run's cgroup, is such a newcomer.
+fn left_in_mount_namespace(inode: u64, run_cgroup: &str) -> Vec<u32> {
+    in_mount_namespace(inode)
+        .into_iter()
+        .filter(|pid| {
+            let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let other_run = cgroup.contains("/fleet-testbed/") && !cgroup.contains(run_cgroup);
+            !other_run
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_leaves_no_process_cgroup_or_mount() {
     let started = Instant::now();
@@ -655,8 +670,18 @@ async fn teardown_leaves_no_process_cgroup_or_mount() {
             dir.parent().unwrap().display()
         );
     }
-    assert_eq!(in_mount_namespace(namespace), Vec::<u32>::new());
-    assert_eq!(in_mount_namespace(unit_namespace), Vec::<u32>::new());
+    let run_cgroup = format!(
+        "{}/",
+        Path::new(&board.cgroup_path()).parent().unwrap().display()
+    );
+    assert_eq!(
+        left_in_mount_namespace(namespace, &run_cgroup),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        left_in_mount_namespace(unit_namespace, &run_cgroup),
+        Vec::<u32>::new()
+    );
     assert_eq!(board.mount_namespace(), None);
     let mounts_after = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert_eq!(mounts_after, mounts_before, "the host's mounts changed");

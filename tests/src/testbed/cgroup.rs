@@ -10,6 +10,7 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context as _};
 
@@ -173,22 +174,40 @@ impl Layout {
     /// can hand them on to its units.
     pub fn create(&self, rel: &str) -> anyhow::Result<()> {
         for h in &self.hierarchies {
-            let dir = h.dir(rel);
-            if self.mode == Mode::Unified {
-                let mut current = h.mount.clone();
-                let parts: Vec<_> = Path::new(rel.trim_start_matches('/')).iter().collect();
-                for (i, part) in parts.iter().enumerate() {
-                    current.push(part);
-                    mkdir(&current)?;
-                    // The leaf holds processes, so it must not distribute
-                    // controllers (cgroup2's "no internal processes" rule).
-                    if i + 1 < parts.len() {
-                        enable_v2_controllers(&current)?;
+            // Another run may remove the shared top cgroup, empty for an
+            // instant, between two of our mkdirs: then start again.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match self.create_in(h, rel) {
+                    Err(e) if attempts < 5 && e.kind() == io::ErrorKind::NotFound => continue,
+                    result => {
+                        result
+                            .with_context(|| format!("create cgroup {}", h.dir(rel).display()))?;
+                        break;
                     }
                 }
-            } else {
-                fs::create_dir_all(&dir)
-                    .with_context(|| format!("create cgroup {}", dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn create_in(&self, h: &Hierarchy, rel: &str) -> io::Result<()> {
+        if self.mode != Mode::Unified {
+            return fs::create_dir_all(h.dir(rel));
+        }
+        let mut current = h.mount.clone();
+        let parts: Vec<_> = Path::new(rel.trim_start_matches('/')).iter().collect();
+        for (i, part) in parts.iter().enumerate() {
+            current.push(part);
+            match fs::create_dir(&current) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            // The leaf holds processes, so it must not distribute controllers
+            // (cgroup2's "no internal processes" rule).
+            if i + 1 < parts.len() {
+                enable_v2_controllers(&current)?;
             }
         }
         Ok(())
@@ -286,7 +305,9 @@ impl Layout {
 
     /// Checks that the testbed may create, join and remove cgroups here.
     pub fn probe(&self) -> anyhow::Result<()> {
-        let rel = format!("{ROOT}/probe-{}", std::process::id());
+        static PROBES: AtomicU32 = AtomicU32::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let rel = format!("{ROOT}/probe-{}-{n}", std::process::id());
         self.create(&rel)?;
         let result = self.dirs(&rel).iter().try_for_each(|d| {
             let procs = d.join("cgroup.procs");
@@ -311,15 +332,7 @@ fn is_mount_flag(option: &str) -> bool {
         )
 }
 
-fn mkdir(dir: &Path) -> anyhow::Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("create cgroup {}", dir.display())),
-    }
-}
-
-fn enable_v2_controllers(dir: &Path) -> anyhow::Result<()> {
+fn enable_v2_controllers(dir: &Path) -> io::Result<()> {
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = V2_CONTROLLERS
         .iter()
@@ -329,9 +342,7 @@ fn enable_v2_controllers(dir: &Path) -> anyhow::Result<()> {
     if wanted.is_empty() {
         return Ok(());
     }
-    let control = dir.join("cgroup.subtree_control");
-    fs::write(&control, wanted.join(" "))
-        .with_context(|| format!("enable {} in {}", wanted.join(" "), control.display()))
+    fs::write(dir.join("cgroup.subtree_control"), wanted.join(" "))
 }
 
 fn collect_pids(dir: &Path, pids: &mut Vec<i32>) -> io::Result<()> {
