@@ -18,9 +18,9 @@ use fleet_proto::v1;
 use tonic::transport::Server;
 
 use crate::config::AgentConfig;
-use crate::experiments::{AlwaysAdmit, Experiments, Paths};
+use crate::experiments::{Experiments, Paths};
 use crate::grpc::{AgentService, AuthzLayer};
-use crate::node::Node;
+use crate::node::{Gate, Node};
 use crate::store::Store;
 use crate::systemd::Systemd;
 
@@ -51,10 +51,16 @@ impl App {
             state_dir: config.state_dir.clone(),
             kmsg: config.kmsg.clone(),
         };
-        let experiments = Experiments::new(systemd, store, paths, Arc::new(AlwaysAdmit));
-        let node = Arc::new(Node {
-            name: config.node.clone(),
-        });
+        let gate = Arc::new(Gate::default());
+        let experiments = Experiments::new(systemd, store, paths, gate.clone());
+        let node = Node::new(
+            config.node.clone(),
+            config.hardware.clone(),
+            config.guard.clone(),
+            &config.sampling,
+            gate,
+        )
+        .await?;
         Ok(App {
             experiments,
             node,
@@ -73,6 +79,9 @@ impl App {
             .await?;
         tracing::info!(adopted, "re-adopted experiments");
         let watcher = tokio::spawn(self.experiments.clone().watch());
+        // The sampler and the thermal guard run from the start, with or
+        // without subscribers or a controller.
+        let sampler = tokio::spawn(self.node.clone().run(self.experiments.clone()));
 
         let tls_cfg = &self.config.tls;
         let mut files = TlsFiles::new(&tls_cfg.ca, &tls_cfg.cert, &tls_cfg.key);
@@ -140,6 +149,7 @@ impl App {
                 anyhow::bail!("lost systemd: {why}");
             }
         }
+        sampler.abort();
         tracing::info!("stopped serving; experiments keep running");
         Ok(())
     }

@@ -70,6 +70,15 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where the board's sysfs, identity files, nvpmodel and jetson_clocks are.
+    #[serde(default)]
+    pub hardware: crate::hw::HwConfig,
+    /// The local thermal guard.
+    #[serde(default)]
+    pub guard: crate::guard::GuardConfig,
+    /// How often the hardware is sampled.
+    #[serde(default)]
+    pub sampling: crate::node::SamplingConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +152,12 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
+        if let Err(e) = cfg.guard.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problem: format!("guard: {e}"),
+            });
+        }
         if let Err(e) = fleet_proto::identity::validate_node_name(&cfg.node) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),

@@ -107,14 +107,6 @@ pub trait Admission: Send + Sync {
     fn admit(&self) -> Result<(), String>;
 }
 
-/// Admits everything: a board with no guard configured.
-pub struct AlwaysAdmit;
-impl Admission for AlwaysAdmit {
-    fn admit(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 pub struct Experiments {
     systemd: Systemd,
     store: Store,

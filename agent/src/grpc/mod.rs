@@ -5,6 +5,7 @@
 //! stored wire form of a spec).
 
 pub mod authz;
+pub mod node_wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -305,7 +306,7 @@ impl Agent for AgentService {
         &self,
         _req: Request<v1::GetNodeRequest>,
     ) -> Result<Response<v1::NodeInfo>, RpcStatus> {
-        Ok(Response::new(self.node.info().await?))
+        Ok(Response::new(node_wire::info(&self.node.info().await)))
     }
 
     async fn set_power_mode(
@@ -313,17 +314,18 @@ impl Agent for AgentService {
         req: Request<v1::SetPowerModeRequest>,
     ) -> Result<Response<v1::SetPowerModeResponse>, RpcStatus> {
         let r = req.into_inner();
-        Ok(Response::new(
-            self.node.set_power_mode(&r.mode, r.allow_reboot).await?,
-        ))
+        let outcome = self.node.set_power_mode(&r.mode, r.allow_reboot).await?;
+        Ok(Response::new(node_wire::set_mode(&outcome)))
     }
 
     async fn set_clocks(
         &self,
         req: Request<v1::SetClocksRequest>,
     ) -> Result<Response<v1::SetClocksResponse>, RpcStatus> {
-        let enabled = self.node.set_clocks(req.into_inner().enabled).await?;
-        Ok(Response::new(v1::SetClocksResponse { enabled }))
+        let state = self.node.set_clocks(req.into_inner().enabled).await?;
+        Ok(Response::new(v1::SetClocksResponse {
+            enabled: state == crate::hw::ClocksState::Locked,
+        }))
     }
 
     type WatchNodeStream = BoxStream<v1::NodeUpdate>;
@@ -332,8 +334,12 @@ impl Agent for AgentService {
         &self,
         req: Request<v1::WatchNodeRequest>,
     ) -> Result<Response<Self::WatchNodeStream>, RpcStatus> {
-        let interval = req.into_inner().interval_ms;
-        Ok(Response::new(self.node.watch(interval)?))
+        let requested = std::time::Duration::from_millis(u64::from(req.into_inner().interval_ms));
+        Ok(Response::new(node_wire::watch(
+            &self.node,
+            &self.experiments,
+            requested,
+        )))
     }
 }
 
