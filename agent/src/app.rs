@@ -129,6 +129,7 @@ impl App {
             target: format!("{}.target", crate::unit_file::TEMPLATE),
         };
         sd_notify("READY=1");
+        let watchdog = spawn_watchdog(self.node.clone());
         let server = Server::builder()
             .layer(AuthzLayer)
             .add_service(health_service)
@@ -150,9 +151,44 @@ impl App {
             }
         }
         sampler.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         tracing::info!("stopped serving; experiments keep running");
         Ok(())
     }
+}
+
+/// Feeds systemd's watchdog (`WatchdogSec=`) while the sampler makes
+/// progress: a hung sampler (a sysfs read that never returns past its
+/// timeout, a deadlock) stops the pings, and systemd restarts the agent.
+fn spawn_watchdog(node: Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let period = std::time::Duration::from_micros(usec);
+    let allowed_lag = period.max(node.interval() * 3);
+    Some(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut latest = node.latest();
+        let mut last_progress = started;
+        let mut last_seen: Option<std::time::SystemTime> = None;
+        let mut tick = tokio::time::interval(period / 2);
+        loop {
+            tick.tick().await;
+            let taken = latest
+                .borrow_and_update()
+                .as_ref()
+                .map(|s| s.sample.taken_at);
+            if taken != last_seen {
+                last_seen = taken;
+                last_progress = tokio::time::Instant::now();
+            }
+            if last_progress.elapsed() <= allowed_lag {
+                sd_notify("WATCHDOG=1");
+            } else {
+                tracing::error!(stalled_for = ?last_progress.elapsed(), "sampler stalled; withholding the watchdog ping");
+            }
+        }
+    }))
 }
 
 fn write_listen_addr(path: &std::path::Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
