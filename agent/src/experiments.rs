@@ -494,6 +494,9 @@ impl Experiments {
                 self.store.put(&rec).await?;
             }
         }
+        // The target's wants are symlinks that enable/disable changed since
+        // the manager last read them: let it see the current set.
+        self.systemd.reload().await?;
         self.systemd.start(target).await?;
         drop(_ops);
         self.list().await

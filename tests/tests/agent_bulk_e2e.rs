@@ -1,0 +1,127 @@
+//! End-to-end: the agent's standard gRPC health service, and StartAll /
+//! StopAll through `brain-experiment.target`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use fleet_proto::identity::Role;
+use fleet_proto::v1::{self, ExperimentState};
+use fleet_testbed::agent::AgentHandle;
+use fleet_testbed::pki::TestPki;
+use fleet_testbed::poll::{wait_for, Check};
+use fleet_testbed::testbed::Testbed;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn forever(id: &str, autostart: bool) -> v1::ExperimentSpec {
+    v1::ExperimentSpec {
+        id: id.into(),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "while true; do sleep 1; done".into(),
+        ],
+        lifecycle: Some(v1::Lifecycle {
+            autostart,
+            stop_timeout: "5s".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_bulk_start_stop() {
+    let Some(mut bed) = Testbed::new("bulk").await else {
+        return;
+    };
+    let board = bed.add_board("bulk-b").await.expect("board");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let agent = AgentHandle::start(&board, &pki, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12)))
+        .await
+        .expect("agent");
+
+    // Off-the-shelf gRPC health checking works, as any authenticated member.
+    let viewer = pki.user("health-viewer", Role::Viewer).unwrap();
+    let channel = viewer.connect_agent(agent.addr, &agent.node).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "fleet.v1.Agent".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    let mut c = agent.client(&pki, Role::Operator).await.unwrap();
+    for spec in [forever("enabled", true), forever("plain", false)] {
+        c.start_experiment(v1::StartExperimentRequest {
+            spec: Some(spec),
+            epoch: 0,
+        })
+        .await
+        .unwrap();
+    }
+    let watcher = c.clone();
+    let states = |want: &'static [(&'static str, ExperimentState)]| {
+        let c = watcher.clone();
+        async move {
+            wait_for(format!("states {want:?}"), DEADLINE, || {
+                let mut c = c.clone();
+                async move {
+                    let list = c
+                        .list_experiments(v1::ListExperimentsRequest {})
+                        .await?
+                        .into_inner()
+                        .experiments;
+                    let now: Vec<(String, ExperimentState)> =
+                        list.iter().map(|s| (s.id.clone(), s.state())).collect();
+                    let ok = want
+                        .iter()
+                        .all(|(id, st)| now.iter().any(|(i, s)| i == id && s == st));
+                    Ok(if ok {
+                        Check::Ready(())
+                    } else {
+                        Check::not_yet(format!("{now:?}"))
+                    })
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    };
+    states(&[
+        ("enabled", ExperimentState::Running),
+        ("plain", ExperimentState::Running),
+    ])
+    .await;
+
+    let stopped = c.stop_all(v1::BulkRequest {}).await.unwrap().into_inner();
+    assert_eq!(stopped.experiments.len(), 2);
+    states(&[
+        ("enabled", ExperimentState::Stopped),
+        ("plain", ExperimentState::Stopped),
+    ])
+    .await;
+
+    // StartAll starts what is enabled at boot, through the target.
+    c.set_autostart(v1::SetAutostartRequest {
+        id: "enabled".into(),
+        enabled: true,
+    })
+    .await
+    .unwrap();
+    c.start_all(v1::BulkRequest {}).await.unwrap();
+    states(&[
+        ("enabled", ExperimentState::Running),
+        ("plain", ExperimentState::Stopped),
+    ])
+    .await;
+
+    drop(agent);
+    bed.shutdown().await.expect("teardown");
+}
