@@ -539,11 +539,26 @@ impl Experiments {
         let mut dirty = false;
         if let Some(p) = props.as_ref().filter(|p| !p.is_gone()) {
             dirty |= rec.observe_crashes(status::crashes_in_run(p, &rec));
-            if let Some(o) = self.ended(&unit, p) {
-                if rec.last_outcome.as_ref() != Some(&o) {
+            let known = rec.last_outcome.as_ref().is_some_and(|o| {
+                o.invocation_id == p.invocation_id
+                    && o.result == p.result
+                    && o.exec_main_status == p.exec_main_status
+            });
+            if !known {
+                if let Some(o) = self.ended(&unit, p) {
                     rec.last_outcome = Some(o);
                     dirty = true;
                 }
+            }
+            // systemd restarts a unit that hit RuntimeMaxSec like any other
+            // failure; max_runtime means the experiment is over, so cancel
+            // the pending restart and leave it failed by timeout.
+            if p.sub_state == "auto-restart"
+                && p.result == "timeout"
+                && rec.desired == Desired::Running
+            {
+                tracing::info!(experiment = %id, "max_runtime reached; not restarting");
+                self.systemd.stop(&unit).await?;
             }
         }
         if dirty {

@@ -125,3 +125,49 @@ async fn health_and_bulk_start_stop() {
     drop(agent);
     bed.shutdown().await.expect("teardown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_runtime_ends_the_experiment_without_a_restart() {
+    let Some(mut bed) = Testbed::new("runtime").await else {
+        return;
+    };
+    let board = bed.add_board("runtime-b").await.expect("board");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let agent = AgentHandle::start(&board, &pki, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 13)))
+        .await
+        .expect("agent");
+    let mut c = agent.client(&pki, Role::Admin).await.unwrap();
+    let mut spec = forever("bounded", false);
+    let lifecycle = spec.lifecycle.as_mut().unwrap();
+    lifecycle.max_runtime = "1s".into();
+    lifecycle.restart_delay = "200ms".into();
+    c.start_experiment(v1::StartExperimentRequest {
+        spec: Some(spec),
+        epoch: 0,
+    })
+    .await
+    .unwrap();
+    let st = wait_for("bounded to time out", DEADLINE, || {
+        let mut c = c.clone();
+        async move {
+            let st = c
+                .get_experiment(v1::ExperimentRef {
+                    id: "bounded".into(),
+                })
+                .await?
+                .into_inner();
+            Ok(if st.state() == ExperimentState::Failed {
+                Check::Ready(st)
+            } else {
+                Check::not_yet(format!("{:?} {}", st.state(), st.sub_state))
+            })
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(st.failure(), v1::FailureReason::Timeout, "{st:?}");
+    assert_eq!(st.restarts, 0, "{st:?}");
+    assert_eq!(st.crashes_total, 0, "a timeout is not a crash: {st:?}");
+    drop(agent);
+    bed.shutdown().await.expect("teardown");
+}
