@@ -1,10 +1,12 @@
 //! A real `fleet-agent` process on a testbed board: config, certificates,
 //! start, `kill -9`, restart, and clients with any identity.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,6 +14,7 @@ use fleet_proto::identity::Role;
 use fleet_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
+use crate::hwsim::HwSim;
 use crate::pki::{CertFiles, TestPki};
 use crate::poll::wait_for;
 use crate::testbed::Board;
@@ -19,30 +22,91 @@ use crate::testbed::Board;
 /// The agent binary: `FLEET_AGENT_BIN`, else the one cargo built beside the
 /// test executable, built on first use when missing.
 pub fn agent_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("FLEET_AGENT_BIN") {
-            return PathBuf::from(p);
+    workspace_bin("fleet-agent", "fleet-agent")
+}
+
+/// A binary of this workspace: `FLEET_<NAME>_BIN` (`fleet-sim-nvpmodel` →
+/// `FLEET_SIM_NVPMODEL_BIN`), else the one cargo built beside the running
+/// executable, built with `cargo build -p <package> --bin <name>` on first
+/// use when missing.
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    static BINS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(bin) = bins.get(name) {
+        return bin.clone();
+    }
+    let var = format!(
+        "FLEET_{}_BIN",
+        name.trim_start_matches("fleet-")
+            .to_ascii_uppercase()
+            .replace('-', "_")
+    );
+    let bin = match std::env::var_os(&var) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("executable path");
+            // target/<profile>/deps/<test> or target/<profile>/<bin>
+            // → target/<profile>/<name>
+            let mut profile_dir = exe.parent().expect("target directory");
+            if profile_dir.ends_with("deps") {
+                profile_dir = profile_dir.parent().expect("target profile directory");
+            }
+            let bin = profile_dir.join(name);
+            if !bin.exists() {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args(["build", "-p", package, "--bin", name])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .status()
+                    .unwrap_or_else(|e| panic!("run cargo build for {name}: {e}"));
+                assert!(status.success(), "building {name} failed");
+            }
+            bin
         }
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> or target/<profile>/<bin>
-        // → target/<profile>/fleet-agent
-        let mut profile_dir = exe.parent().expect("target directory");
-        if profile_dir.ends_with("deps") {
-            profile_dir = profile_dir.parent().expect("target profile directory");
+    };
+    bins.insert(name.to_owned(), bin.clone());
+    bin
+}
+
+/// What an agent runs with besides its identity: simulated hardware, guard
+/// and sampling settings, and extra environment.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The board's simulated hardware: its `[hardware]` section and the
+    /// environment its `nvpmodel` needs. Without it the agent reads this
+    /// machine's (absent) Jetson files and reports what is missing.
+    pub hardware: Option<HwSim>,
+    /// The `[guard]` section, verbatim (with its header).
+    pub guard_toml: Option<String>,
+    /// `[sampling] interval_ms`.
+    pub sampling_ms: Option<u64>,
+    /// More variables for the agent, which its tools inherit.
+    pub extra_env: Vec<(String, OsString)>,
+}
+
+impl AgentOptions {
+    /// The agent config's sections for these options.
+    fn toml(&self) -> String {
+        let mut text = String::new();
+        if let Some(hw) = &self.hardware {
+            text.push('\n');
+            text.push_str(&hw.hardware_toml());
         }
-        let bin = profile_dir.join("fleet-agent");
-        if !bin.exists() {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "fleet-agent", "--bin", "fleet-agent"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build for fleet-agent");
-            assert!(status.success(), "building fleet-agent failed");
+        if let Some(guard) = &self.guard_toml {
+            text.push('\n');
+            text.push_str(guard.trim_end());
+            text.push('\n');
         }
-        bin
-    })
-    .clone()
+        if let Some(ms) = self.sampling_ms {
+            text.push_str(&format!("\n[sampling]\ninterval_ms = {ms}\n"));
+        }
+        text
+    }
+
+    fn env(&self) -> Vec<(String, OsString)> {
+        let mut env = self.hardware.as_ref().map(HwSim::env).unwrap_or_default();
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
 }
 
 pub struct AgentHandle {
@@ -55,17 +119,29 @@ pub struct AgentHandle {
     child: Option<tokio::process::Child>,
     ip: IpAddr,
     starts: u32,
+    options: AgentOptions,
 }
 
 impl AgentHandle {
     /// Writes the agent's config and starts it inside the board, listening
     /// on `ip` with a port it picks.
     pub async fn start(board: &Board, pki: &TestPki, ip: IpAddr) -> anyhow::Result<Self> {
+        Self::start_with(board, pki, ip, AgentOptions::default()).await
+    }
+
+    /// As [`AgentHandle::start`], with simulated hardware, guard and
+    /// sampling settings and extra environment.
+    pub async fn start_with(
+        board: &Board,
+        pki: &TestPki,
+        ip: IpAddr,
+        options: AgentOptions,
+    ) -> anyhow::Result<Self> {
         let node = board.name().to_owned();
         let certs = pki.agent(&node)?;
         let state_dir = board.dir().join("agent");
         let config = board.dir().join("agent.toml");
-        let text = format!(
+        let mut text = format!(
             "node = {node:?}\nlisten = \"{ip}:0\"\nsystemd = \"user\"\nstate_dir = {state:?}\nunit_dir = {unit:?}\nruntime_unit_dir = {runtime:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
             state = state_dir,
             unit = board.unit_dir(),
@@ -74,6 +150,7 @@ impl AgentHandle {
             cert = certs.cert,
             key = certs.key,
         );
+        text.push_str(&options.toml());
         std::fs::write(&config, text)?;
         let mut agent = AgentHandle {
             node,
@@ -85,6 +162,7 @@ impl AgentHandle {
             child: None,
             ip,
             starts: 0,
+            options,
         };
         agent.spawn(board).await?;
         Ok(agent)
@@ -102,6 +180,7 @@ impl AgentHandle {
         cmd.arg("--config")
             .arg(&self.config)
             .env("FLEET_LOG", "info,fleet_agent=debug")
+            .envs(self.options.env())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
