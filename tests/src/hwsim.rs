@@ -21,7 +21,8 @@
 //! **Temperatures.** [`HwSim::start_thermal_model`] runs a background task that
 //! moves the board's temperature towards `ambient + k × cores busy` with a
 //! first-order lag (time constant τ), where "cores busy" is the CPU time the
-//! board's experiments used (the board's `app.slice` in its cgroups) per
+//! board's experiments used (the slice their units run in, in the board's
+//! cgroups) per
 //! second of wall time, and writes each zone from it. Scripted heat events pin
 //! a zone ([`HwSim::set_zone`]) until released ([`HwSim::release_zone`]).
 //! Every write goes to a temporary file renamed over `temp`, so a reader sees
@@ -518,7 +519,6 @@ impl HwSim {
         let sim = Arc::downgrade(&self.inner);
         let tick = self.inner.state.lock().expect("not poisoned").params.tick;
         let task = tokio::spawn(async move {
-            let mut cpu = cpu;
             let mut timer = tokio::time::interval(tick);
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last: Option<(u64, Instant)> = None;
@@ -609,11 +609,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// The CPU time the board's experiments used: the board's `app.slice` (where
-/// its manager puts every unit) in the cgroup2 hierarchy (`cpu.stat`,
-/// `usage_usec`), else in the cpuacct hierarchy (`cpuacct.usage`, ns). On a
-/// hybrid machine systemd never creates units' cpuacct cgroups, so cgroup2 is
-/// the one that counts there.
+/// Where a board's manager puts experiment instances, below its cgroup: a
+/// user manager (the testbed's boards) in `app.slice/app-<template>.slice`, a
+/// system manager in `system.slice/system-<template>.slice` (`-` escaped as
+/// `\x2d`). The board's other units (its bus, for one) are left out.
+const EXPERIMENT_SLICES: [&str; 2] = [
+    "app.slice/app-brain\\x2dexperiment.slice",
+    "system.slice/system-brain\\x2dexperiment.slice",
+];
+
+/// The CPU time the board's experiments used: their slice in the cgroup2
+/// hierarchy (`cpu.stat`, `usage_usec`), else in the cpuacct hierarchy
+/// (`cpuacct.usage`, ns). On a hybrid machine whose cpu and cpuacct are
+/// separate hierarchies systemd never creates units' cpuacct cgroups, so
+/// there only cgroup2 counts.
 #[derive(Debug, Clone)]
 struct BoardCpu {
     board_dirs: Vec<PathBuf>,
@@ -626,10 +635,16 @@ impl BoardCpu {
         }
     }
 
-    fn usage_usec(&mut self) -> Option<u64> {
-        // cgroup2 first: the board's hierarchy that systemd tracks units in.
-        for dir in &self.board_dirs {
-            if let Ok(text) = fs::read_to_string(dir.join("app.slice/cpu.stat")) {
+    /// None while no experiment has run (the slice does not exist yet, or
+    /// no longer).
+    fn usage_usec(&self) -> Option<u64> {
+        let slices = || {
+            self.board_dirs
+                .iter()
+                .flat_map(|d| EXPERIMENT_SLICES.iter().map(move |s| d.join(s)))
+        };
+        for slice in slices() {
+            if let Ok(text) = fs::read_to_string(slice.join("cpu.stat")) {
                 if let Some(v) = text
                     .lines()
                     .find_map(|l| l.strip_prefix("usage_usec "))
@@ -639,14 +654,13 @@ impl BoardCpu {
                 }
             }
         }
-        for dir in &self.board_dirs {
-            if let Ok(text) = fs::read_to_string(dir.join("app.slice/cpuacct.usage")) {
+        for slice in slices() {
+            if let Ok(text) = fs::read_to_string(slice.join("cpuacct.usage")) {
                 if let Ok(ns) = text.trim().parse::<u64>() {
                     return Some(ns / 1000);
                 }
             }
         }
-        // No app.slice yet: nothing has run.
         None
     }
 }
@@ -902,6 +916,32 @@ mod tests {
             ..p
         };
         assert_eq!(capped.step(49.0, 8.0, Duration::from_secs(100)), 50.0);
+    }
+
+    #[test]
+    fn cpu_use_is_read_from_the_experiments_slice_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let unified = dir.path().join("unified/board");
+        let cpuacct = dir.path().join("cpuacct/board");
+        let cpu = BoardCpu::find(&[cpuacct.clone(), unified.clone()]);
+        assert_eq!(cpu.usage_usec(), None, "nothing ran yet");
+        // The board's bus runs in app.slice too; it is not an experiment.
+        fs::create_dir_all(unified.join("app.slice")).unwrap();
+        fs::write(unified.join("app.slice/cpu.stat"), "usage_usec 999\n").unwrap();
+        assert_eq!(cpu.usage_usec(), None);
+        let slice = cpuacct.join(EXPERIMENT_SLICES[0]);
+        fs::create_dir_all(&slice).unwrap();
+        fs::write(slice.join("cpuacct.usage"), "5000000\n").unwrap();
+        assert_eq!(cpu.usage_usec(), Some(5000));
+        // cgroup2 wins over cpuacct.
+        let slice = unified.join(EXPERIMENT_SLICES[0]);
+        fs::create_dir_all(&slice).unwrap();
+        fs::write(
+            slice.join("cpu.stat"),
+            "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n",
+        )
+        .unwrap();
+        assert_eq!(cpu.usage_usec(), Some(1234));
     }
 
     #[test]
