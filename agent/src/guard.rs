@@ -488,7 +488,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::hw::testutil::{drive_past_hung_read, hang_zone, release_fifo, Board};
+    use crate::hw::testutil::{drive_past_hung_read, Board, HungZone};
     use crate::hw::{Sensors, SysfsConfig, SysfsSensors, SystemFigures, ZoneReading, ZoneState};
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -625,6 +625,11 @@ mod tests {
             (ThermalState::Critical, ThermalState::Warn)
         );
         assert!(seen[0].actions.is_empty());
+        // A cooldown after the last reading that kept it critical (at up + 1 s).
+        assert_eq!(
+            seen[0].at - up.at,
+            Duration::from_secs(1 + DEFAULT_COOLDOWN_S)
+        );
         // Then cool: normal after another cooldown.
         let mut seen = Vec::new();
         for _ in 0..31 {
@@ -789,10 +794,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hung_zone_read_times_out_and_the_guard_keeps_its_state() {
         let board = Board::copy("jetson-agx-orin");
-        // cv0 hot enough for warn under these limits; the others below it.
+        // cv0 hot enough for warn under these limits; every other zone (77 °C at most)
+        // below warn − hysteresis, so only cv0's held reading can keep the state.
         board.write(
             "sysfs/devices/virtual/thermal/thermal_zone2/temp",
-            "85000\n",
+            "92000\n",
         );
         let sensors = SysfsSensors::new(SysfsConfig {
             root: board.sysfs(),
@@ -800,8 +806,8 @@ mod tests {
             ignore_zones: Vec::new(),
         });
         let mut g = guard(GuardConfig {
-            warn_c: 80.0,
-            critical_c: 90.0,
+            warn_c: 90.0,
+            critical_c: 100.0,
             cooldown_s: 10,
             // Long enough that the held reading outlasts the test: what is tested is
             // that the hang itself changes nothing, cooldown passed or not.
@@ -835,10 +841,11 @@ mod tests {
             .observe(&GuardInput::from_sample(&sample(zones), Instant::now()))
             .unwrap();
         assert_eq!((up.to, up.zone.as_str()), (ThermalState::Warn, "cv0"));
-        assert_eq!(up.celsius, 85.0);
+        assert_eq!(up.celsius, 92.0);
 
         // Now cv0's driver hangs.
-        let fifo = hang_zone(&board, 2);
+        let hung = HungZone::new(&board, 2);
+        let fifo = hung.path.clone();
         for _ in 0..20 {
             let read = tokio::spawn({
                 let sensors = sensors.clone();
@@ -861,7 +868,6 @@ mod tests {
             up.at.elapsed()
         );
         assert_eq!(g.state(), ThermalState::Warn);
-        release_fifo(&fifo);
     }
 
     #[tokio::test(start_paused = true)]

@@ -89,13 +89,14 @@ impl Sensors for SysfsSensors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::testutil::{drive_past_hung_read, hang_zone, release_fifo, Board};
+    use crate::hw::testutil::{drive_past_hung_read, Board, HungZone};
     use crate::hw::thermal::{OfflineReason, ZoneState};
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_zone_is_offline_and_does_not_hold_up_the_others() {
         let board = Board::copy("jetson-agx-orin");
-        let fifo = hang_zone(&board, 2);
+        let hung = HungZone::new(&board, 2);
+        let fifo = hung.path.clone();
         let sensors = SysfsSensors::new(SysfsConfig {
             root: board.sysfs(),
             read_timeout: Duration::from_secs(1),
@@ -117,8 +118,6 @@ mod tests {
         // The first read is still stuck: the next sample does not start another one.
         let again = sensors.thermal_zones().await.unwrap();
         assert_eq!(again[2].state, ZoneState::Offline(OfflineReason::Hung));
-
-        release_fifo(&fifo);
     }
 
     #[tokio::test]

@@ -349,7 +349,8 @@ mod tests {
     #[tokio::test]
     async fn a_hung_read_blocks_only_its_own_file_until_it_returns() {
         let board = crate::hw::testutil::Board::copy("jetson-agx-orin");
-        let fifo = crate::hw::testutil::hang_zone(&board, 1);
+        let hung = crate::hw::testutil::HungZone::new(&board, 1);
+        let fifo = hung.path.clone();
         let reader = SysfsReader::new(board.sysfs(), Duration::from_millis(200));
         let err = reader.read_text(&fifo).await.unwrap_err();
         assert!(matches!(err, ReadError::TimedOut { .. }), "{err:?}");
@@ -363,7 +364,7 @@ mod tests {
         let other = reader.path("class/thermal/thermal_zone0/temp");
         assert_eq!(reader.read_i64(&other).await.unwrap(), 77281);
         // Once the stuck read returns, the file is read again.
-        crate::hw::testutil::release_fifo(&fifo);
+        hung.release();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !reader.hung().is_empty() {
             assert!(std::time::Instant::now() < deadline, "{:?}", reader.hung());

@@ -119,25 +119,45 @@ fn copy_tree(src_root: &Path, src: &Path, dst: &Path) {
     std::fs::set_permissions(dst, perms).unwrap();
 }
 
-/// Replaces a zone's `temp` with a FIFO: opening it for reading blocks until a writer
-/// comes, as a dead sensor's read blocks in the kernel. Returns the path the sensors
-/// read it by (through `class/thermal`).
-pub fn hang_zone(board: &Board, zone: u32) -> PathBuf {
-    let temp = board.path(&format!(
-        "sysfs/devices/virtual/thermal/thermal_zone{zone}/temp"
-    ));
-    std::fs::remove_file(&temp).unwrap();
-    let c_path = std::ffi::CString::new(temp.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path and a plain mode.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
-    // The path the sensors read it by.
-    board.path(&format!("sysfs/class/thermal/thermal_zone{zone}/temp"))
+/// A zone whose `temp` is a FIFO: opening it for reading blocks until a writer comes,
+/// as a dead sensor's read blocks in the kernel.
+///
+/// Dropping it lets any blocked read return, so the runtime can shut down even when a
+/// test fails half-way (a runtime waits for its blocking threads).
+pub struct HungZone {
+    /// The path the sensors read it by (through `class/thermal`).
+    pub path: PathBuf,
 }
 
-/// Lets a blocked read of a FIFO return (with no data), so its thread ends and the
-/// runtime can shut down.
-pub fn release_fifo(path: &Path) {
-    let _ = std::fs::OpenOptions::new().write(true).open(path);
+impl HungZone {
+    pub fn new(board: &Board, zone: u32) -> HungZone {
+        let temp = board.path(&format!(
+            "sysfs/devices/virtual/thermal/thermal_zone{zone}/temp"
+        ));
+        std::fs::remove_file(&temp).unwrap();
+        let c_path = std::ffi::CString::new(temp.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path and a plain mode.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        HungZone {
+            path: board.path(&format!("sysfs/class/thermal/thermal_zone{zone}/temp")),
+        }
+    }
+
+    /// Lets a blocked read return (with no data). Opening the write end without
+    /// blocking fails when no reader waits, which is then nothing to release.
+    pub fn release(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path);
+    }
+}
+
+impl Drop for HungZone {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Waits for `task` on tokio's paused clock while a read of `hung` hangs.
