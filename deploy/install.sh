@@ -169,7 +169,7 @@ if [ "$UNINSTALL" = 0 ]; then
   # The controller's server may also get fleetctl, for its administrators.
   if [ "$ROLE" = controller ] && [ -x "$BIN_DIR/fleetctl" ]; then BINARIES+=(fleetctl); fi
   for f in "systemd/$SERVICE" systemd/brain-experiment@.service systemd/brain-experiment.target \
-    deploy/agent.toml deploy/journald/60-fleet.conf deploy/udev/70-fleet-jetson-gpu.rules; do
+    deploy/agent.toml deploy/controller.toml deploy/journald/60-fleet.conf deploy/udev/70-fleet-jetson-gpu.rules; do
     [ -f "$SRC/$f" ] || die "$SRC/$f is missing: run this script from a fleet source tree or release archive"
   done
   if [ -n "$CERTS" ]; then
@@ -378,25 +378,15 @@ check_config() {
 
 # --- Controller ------------------------------------------------------------------
 
-# The controller's settings are not settled yet: the skeleton names none.
-CONTROLLER_TOML='# fleet-controller configuration.
-#
-# The controller takes no settings yet: this file is a placeholder that
-# fleet-controller.service passes with --config. The keys (listen address,
-# TLS files, scheduling policy) will be documented in docs/configuration.md
-# when the controller reads them.'
-
 install_controller() {
   local b
   for b in "${BINARIES[@]}"; do put 0755 "$BIN/$b" "$BIN_DIR/$b"; done
   put_text 0644 "$UNITS/fleet-controller.service" "$(unit_text fleet-controller.service)"
   put 0644 "$SYSUSERS/fleet-controller.conf" "$SRC/deploy/sysusers/fleet-controller.conf"
-  put 0644 "$JOURNALD_DROPIN" "$SRC/deploy/journald/60-fleet.conf"
   create_users fleet-controller.conf
   make_dir 0755 "$ETC"
-  if [ ! -e "$ROOT$ETC/controller.toml" ]; then
-    put_text 0644 "$ETC/controller.toml" "$CONTROLLER_TOML"
-  fi
+  # A skeleton: the controller takes no settings yet.
+  put_once 0644 "$ETC/controller.toml" "$SRC/deploy/controller.toml"
   if [ -n "$CERTS" ]; then
     if [ ! -f "$CERTS/controller.pem" ] || [ ! -f "$CERTS/controller.key" ]; then
       die "--certs $CERTS has no controller.pem and controller.key (issue them with: fleetctl pki issue controller --dir $CERTS --san <server name>)"
@@ -432,6 +422,7 @@ create_users() {
   if [ "$LIVE" = 1 ]; then
     systemd-sysusers "$conf"
   else
+    mkdir -p "$ROOT/etc"
     systemd-sysusers --root="$ROOT" "$conf"
   fi
   after=$(users_db)
@@ -466,8 +457,7 @@ uninstall() {
     remove "$UDEV_RULE"
     remove "$SYSUSERS/fleet-agent.conf"
     remove "$BIN/fleet-agent"
-    # Still needed by the controller on the same machine?
-    [ -e "$ROOT$UNITS/fleet-controller.service" ] || remove "$JOURNALD_DROPIN"
+    remove "$JOURNALD_DROPIN"
     if [ "$PURGE" = 1 ]; then
       remove "$ETC/agent.toml"
       remove "$ETC/agent.env"
@@ -485,7 +475,6 @@ uninstall() {
     remove "$SYSUSERS/fleet-controller.conf"
     remove "$BIN/fleet-controller"
     remove "$BIN/fleetctl"
-    [ -e "$ROOT$UNITS/fleet-agent.service" ] || remove "$JOURNALD_DROPIN"
     if [ "$PURGE" = 1 ]; then
       remove "$ETC/controller.toml"
       remove "$ETC/controller.env"
@@ -511,11 +500,11 @@ apply_live() {
   [ "$LIVE" = 1 ] && [ "$DRY_RUN" = 0 ] || return 0
   systemctl daemon-reload
   if [ "$UNINSTALL" = 1 ]; then return 0; fi
-  if [ "$CHANGES" -gt 0 ]; then
+  if [ "$CHANGES" -gt 0 ] && [ "$ROLE" = agent ]; then
     # New retention settings; stdout streams of running units survive a
     # journald restart (they are kept in its file descriptor store).
     systemctl try-restart systemd-journald.service
-    if [ "$ROLE" = agent ] && command -v udevadm >/dev/null 2>&1; then
+    if command -v udevadm >/dev/null 2>&1; then
       udevadm control --reload-rules || true
       udevadm trigger --action=change --sysname-match='nvhost-*' --sysname-match=nvmap || true
     fi
