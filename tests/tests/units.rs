@@ -393,3 +393,203 @@ async fn the_agent_sandbox_grants_what_the_agent_needs_and_no_more() {
     assert_eq!(lines, expected);
     bed.shutdown().await.expect("teardown");
 }
+
+/// Runs a maintainer script of the fleet-agent package inside `board`, as
+/// dpkg runs it for a package unpacked into `root` (`DPKG_ROOT`), with a
+/// `systemctl` that drives the board's manager: `--system` becomes `--user`.
+/// Returns its stderr.
+async fn maintainer_script(
+    board: &Board,
+    shim: &Path,
+    root: &Path,
+    script: &str,
+    args: &[&str],
+) -> String {
+    let out = board
+        .command("sh")
+        .arg(repo().join("deploy/debian/fleet-agent").join(script))
+        .args(args)
+        .env(
+            "PATH",
+            format!("{}:{}", shim.display(), fleet_testbed::testbed::BOARD_PATH),
+        )
+        .env("DPKG_ROOT", root)
+        // What dpkg sets for a maintainer script; deb-systemd-helper checks it.
+        .env("DPKG_MAINTSCRIPT_PACKAGE", "fleet-agent")
+        .env("DPKG_MAINTSCRIPT_NAME", script)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {}: {stderr}",
+        args.join(" ")
+    );
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_the_agent_package_restarts_the_agent_and_no_experiment() {
+    let Some(mut bed) = Testbed::new("deb-upgrade").await else {
+        return;
+    };
+    let board = bed.add_board("upgrade").await.expect("board");
+
+    // Two experiments: an ordinary run and an enabled (autostart) one.
+    let forever =
+        "ExecStart=\nExecStart=/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.1; done'\n";
+    drop_in(&board.runtime_unit_dir(), "ordinary", forever);
+    drop_in(&board.unit_dir(), "autostart", forever);
+    // The agent: a stand-in with the package's unit name (the agent itself
+    // is the agent tests' business; what matters here is who gets restarted).
+    fs::write(
+        board.unit_dir().join("fleet-agent.service"),
+        "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=default.target\n",
+    )
+    .unwrap();
+    systemctl(&board, &["daemon-reload"]).await;
+    systemctl(
+        &board,
+        &["enable", &unit("autostart"), "fleet-agent.service"],
+    )
+    .await;
+    systemctl(&board, &["start", &unit("ordinary"), &unit("autostart")]).await;
+    let mut before = BTreeMap::new();
+    for id in ["ordinary", "autostart"] {
+        before.insert(id, wait_unit(&board, &unit(id), "to run", is_running).await);
+    }
+
+    // The package as dpkg unpacked it into a root of its own.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in [
+        "etc",
+        "run/systemd/system",
+        "lib/systemd/system",
+        "usr/share/fleet-agent/jetson",
+    ] {
+        fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    fs::write(r.join("etc/nv_tegra_release"), R36_RELEASE).unwrap();
+    for unit_file in [
+        "fleet-agent.service",
+        "brain-experiment@.service",
+        "brain-experiment.target",
+    ] {
+        fs::copy(
+            repo().join("systemd").join(unit_file),
+            r.join("lib/systemd/system").join(unit_file),
+        )
+        .unwrap();
+    }
+    for release in ["r35.conf", "r36.conf", "generic.conf"] {
+        fs::copy(
+            repo().join("deploy/jetson").join(release),
+            r.join("usr/share/fleet-agent/jetson").join(release),
+        )
+        .unwrap();
+    }
+    fs::copy(
+        repo().join("deploy/agent.toml"),
+        r.join("usr/share/fleet-agent/agent.toml"),
+    )
+    .unwrap();
+    let shim = tempfile::tempdir().unwrap();
+    let systemctl_path = ["/usr/bin/systemctl", "/bin/systemctl"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    fs::write(
+        shim.path().join("systemctl"),
+        format!(
+            "#!/bin/bash\nargs=(--user)\nfor a in \"$@\"; do [ \"$a\" = --system ] || args+=(\"$a\"); done\nexec {systemctl_path} \"${{args[@]}}\"\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        shim.path().join("systemctl"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let agent = |props: &BTreeMap<String, String>| props["ActiveState"].clone();
+
+    // First install, before the board is enrolled: configured, enabled, not
+    // started.
+    let stderr = maintainer_script(&board, shim.path(), r, "postinst", &["configure", ""]).await;
+    assert!(stderr.contains("enrol this board"), "{stderr}");
+    let state = board
+        .unit_properties("fleet-agent.service", &["ActiveState"])
+        .await
+        .unwrap();
+    assert_eq!(agent(&state), "inactive");
+    assert_eq!(
+        fs::read_link(
+            r.join("etc/systemd/system/brain-experiment@.service.d/20-jetson-devices.conf")
+        )
+        .unwrap(),
+        Path::new("/usr/share/fleet-agent/jetson/r36.conf")
+    );
+    let config = fs::read_to_string(r.join("etc/fleet/agent.toml")).unwrap();
+    assert!(config.contains("node = \"upgrade\""), "{config}");
+    for link in [
+        "etc/systemd/system/multi-user.target.wants/fleet-agent.service",
+        "etc/systemd/system/multi-user.target.wants/brain-experiment.target",
+    ] {
+        assert!(r.join(link).is_symlink(), "{link} is not enabled");
+    }
+
+    // Enrolled: the same first configure starts the agent.
+    fs::create_dir_all(r.join("etc/fleet")).unwrap();
+    fs::write(r.join("etc/fleet/agent.key"), "key").unwrap();
+    maintainer_script(&board, shim.path(), r, "postinst", &["configure", ""]).await;
+    let first = wait_unit(&board, "fleet-agent.service", "to start", is_running).await;
+
+    // The upgrade, in dpkg's order: the old prerm, then the new postinst.
+    maintainer_script(&board, shim.path(), r, "prerm", &["upgrade", "0.1.1"]).await;
+    maintainer_script(&board, shim.path(), r, "postinst", &["configure", "0.1.0"]).await;
+    let second = wait_unit(&board, "fleet-agent.service", "to run again", is_running).await;
+    assert_ne!(
+        first["InvocationID"], second["InvocationID"],
+        "the upgrade did not restart the agent"
+    );
+    for (id, was) in &before {
+        let now = wait_unit(&board, &unit(id), "to keep running", is_running).await;
+        assert_eq!(now["MainPID"], was["MainPID"], "{id} was restarted");
+        assert_eq!(
+            now["InvocationID"], was["InvocationID"],
+            "{id} was restarted"
+        );
+        assert_eq!(now["NRestarts"], "0");
+    }
+
+    // Removal stops the agent, and still no experiment.
+    maintainer_script(&board, shim.path(), r, "prerm", &["remove"]).await;
+    maintainer_script(&board, shim.path(), r, "postrm", &["remove"]).await;
+    let removed = board
+        .unit_properties("fleet-agent.service", &["ActiveState"])
+        .await
+        .unwrap();
+    assert_eq!(agent(&removed), "inactive");
+    for (id, was) in &before {
+        let now = wait_unit(&board, &unit(id), "to keep running", is_running).await;
+        assert_eq!(
+            now["InvocationID"], was["InvocationID"],
+            "{id} was restarted"
+        );
+    }
+    assert!(!r
+        .join("etc/systemd/system/brain-experiment@.service.d/20-jetson-devices.conf")
+        .exists());
+    assert!(
+        r.join("etc/fleet/agent.toml").exists(),
+        "remove kept the config"
+    );
+
+    // Purge removes the agent's configuration, keys and state.
+    maintainer_script(&board, shim.path(), r, "postrm", &["purge"]).await;
+    assert!(!r.join("etc/fleet").exists());
+    assert!(!r.join("var/lib/fleet-agent").exists());
+
+    bed.shutdown().await.expect("teardown");
+}
