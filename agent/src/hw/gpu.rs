@@ -140,7 +140,7 @@ mod tests {
     use crate::hw::testutil::Board;
 
     fn reader(board: &Board) -> SysfsReader {
-        SysfsReader::new(board.sysfs(), Duration::from_secs(2))
+        SysfsReader::new(board.sysfs(), Duration::from_secs(10))
     }
 
     #[tokio::test]

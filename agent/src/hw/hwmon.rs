@@ -248,7 +248,7 @@ mod tests {
     use crate::hw::testutil::{fixture_text, Board};
 
     fn reader(board: &Board) -> SysfsReader {
-        SysfsReader::new(board.sysfs(), Duration::from_secs(2))
+        SysfsReader::new(board.sysfs(), Duration::from_secs(10))
     }
 
     /// Rail powers as tegrastats printed them (`VDD_GPU_SOC 2399mW/2399mW`).

@@ -317,6 +317,8 @@ mod tests {
             nvpmodel_conf: fixture("jetson-agx-orin/etc/nvpmodel/nvpmodel_p3701_0000.conf"),
             jetson_clocks: clocks.program.clone(),
             clocks_store_file: clocks.dir.path().join("store"),
+            // Generous, so a loaded test machine never times a healthy read out.
+            read_timeout_ms: 10_000,
             ..HwConfig::default()
         };
         let mut hw = JetsonHardware::from_config(&config);

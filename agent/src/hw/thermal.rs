@@ -269,7 +269,7 @@ mod tests {
     use crate::hw::testutil::{fixture_text, Board};
 
     fn reader(board: &Board) -> SysfsReader {
-        SysfsReader::new(board.sysfs(), Duration::from_secs(2))
+        SysfsReader::new(board.sysfs(), Duration::from_secs(10))
     }
 
     /// Zone temperatures as tegrastats printed them (`CPU@42.593C`, `GPU@-256C`).
