@@ -48,7 +48,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub agent: Option<String>,
     /// The board meant: with --agent, the node name the agent must prove
-    /// (default: any agent of the fleet)
+    /// (default: any agent of the fleet); with a controller, `ps` and
+    /// `events` show only this board's
     #[arg(long, global = true, value_name = "NAME")]
     pub node: Option<String>,
     /// The fleet CA certificate
@@ -100,7 +101,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop experiments gracefully (SIGTERM, then SIGKILL after their stop timeout)
     Stop(IdsArgs),
-    /// Cancel queued experiments (controller)
+    /// Cancel experiments for good: queued ones leave the queue, placed ones
+    /// are stopped first (controller)
     Cancel(IdsArgs),
     /// Restart experiments
     Restart(IdsArgs),
@@ -117,7 +119,8 @@ pub enum Command {
     StartAll,
     /// Stop every running experiment
     StopAll,
-    /// Print experiment state changes as they happen, until Ctrl-C
+    /// Print experiment state changes as they happen, until Ctrl-C (with a
+    /// controller: its events of experiments)
     Watch {
         /// Only this experiment
         id: Option<String>,
@@ -130,7 +133,7 @@ pub enum Command {
     /// The fleet's event log (controller)
     Events(EventsArgs),
     /// List the fleet's boards (controller)
-    Nodes,
+    Nodes(NodesArgs),
     /// One board: information, cordon, drain, labels
     #[command(subcommand)]
     Node(NodeCommand),
@@ -173,7 +176,7 @@ impl Command {
             Command::Watch { .. } => "watch",
             Command::Explain { .. } => "explain",
             Command::Events(_) => "events",
-            Command::Nodes => "nodes",
+            Command::Nodes(_) => "nodes",
             Command::Node(NodeCommand::Info { .. }) => "node info",
             Command::Node(NodeCommand::Cordon { .. }) => "node cordon",
             Command::Node(NodeCommand::Uncordon { .. }) => "node uncordon",
@@ -182,7 +185,7 @@ impl Command {
             Command::Power(_) => "power",
             Command::Clocks(_) => "clocks",
             Command::Policy(PolicyCommand::Get) => "policy get",
-            Command::Policy(PolicyCommand::Set { .. }) => "policy set",
+            Command::Policy(PolicyCommand::Set(_)) => "policy set",
             Command::Pki(PkiCommand::Init(_)) => "pki init",
             Command::Pki(PkiCommand::Issue(_)) => "pki issue",
             Command::Pki(PkiCommand::Revoke(_)) => "pki revoke",
@@ -210,14 +213,24 @@ pub struct PsArgs {
     /// Only experiments in these states
     #[arg(long, value_enum, value_delimiter = ',', value_name = "STATE")]
     pub state: Vec<StateFilter>,
-    /// Only experiments requiring this label (controller)
+    /// Only experiments requiring this label (controller; repeatable)
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
 }
 
-/// Experiment states as `--state` takes them.
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Only boards carrying this label (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+}
+
+/// Experiment states as `--state` takes them: a board's states and the
+/// controller's phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StateFilter {
+    Queued,
+    Placing,
     Starting,
     Running,
     Restarting,
@@ -227,11 +240,14 @@ pub enum StateFilter {
     Stopped,
     Disrupted,
     Unknown,
+    Cancelled,
 }
 
 impl StateFilter {
     pub fn as_str(self) -> &'static str {
         match self {
+            StateFilter::Queued => "queued",
+            StateFilter::Placing => "placing",
             StateFilter::Starting => "starting",
             StateFilter::Running => "running",
             StateFilter::Restarting => "restarting",
@@ -241,6 +257,7 @@ impl StateFilter {
             StateFilter::Stopped => "stopped",
             StateFilter::Disrupted => "disrupted",
             StateFilter::Unknown => "unknown",
+            StateFilter::Cancelled => "cancelled",
         }
     }
 }
@@ -265,14 +282,22 @@ pub struct IdsArgs {
     /// Experiment ids
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
+    /// Why, recorded with the event (controller)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
-    /// Keep printing new events until Ctrl-C
+    /// Only events of these experiments
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Keep printing new events until Ctrl-C; reconnects when the
+    /// controller goes away and resumes after the last event printed
     #[arg(short, long)]
     pub follow: bool,
-    /// Start after this event sequence number
+    /// Start after this event sequence number (default: the whole log, or
+    /// new events only with --follow)
     #[arg(long, value_name = "SEQ")]
     pub since: Option<u64>,
 }
@@ -297,8 +322,13 @@ pub enum NodeCommand {
         node: Option<String>,
     },
     /// Place nothing new on a board (controller)
-    Cordon { node: String },
-    /// Place work on a board again (controller)
+    Cordon {
+        node: String,
+        /// Why, for people
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Place work on a board again, ending a cordon or a drain (controller)
     Uncordon { node: String },
     /// Empty a board (controller)
     Drain(DrainArgs),
@@ -319,6 +349,9 @@ pub struct DrainArgs {
     /// Stop running experiments now and queue them again
     #[arg(long)]
     pub requeue: bool,
+    /// Why, for people
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +366,10 @@ pub struct PowerArgs {
     /// Switch even if the board must reboot for it
     #[arg(long)]
     pub allow_reboot: bool,
+    /// Switch even though experiments placed there ask for another mode
+    /// (controller)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -350,11 +387,26 @@ pub struct ClocksArgs {
 pub enum PolicyCommand {
     /// Show the scheduling policy
     Get,
-    /// Switch the scheduling policy
-    Set {
-        /// balanced, coolest, least-loaded, spread or pack
-        name: String,
-    },
+    /// Switch the scheduling policy, and optionally its weights
+    Set(PolicySetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicySetArgs {
+    /// balanced, coolest, least-loaded, spread or pack
+    pub name: String,
+    /// A score weight: temperature, load, memory, spread or pack, e.g.
+    /// `--weight temperature=0.5,load=0.3`; weights not given keep their
+    /// value
+    #[arg(long, value_delimiter = ',', value_name = "TERM=WEIGHT")]
+    pub weight: Vec<String>,
+    /// Whether a queued experiment that cannot be placed holds every one
+    /// behind it
+    #[arg(long, value_name = "on|off")]
+    pub strict_order: Option<OnOff>,
+    /// A board is too hot from its warn temperature minus this many °C
+    #[arg(long, value_name = "CELSIUS")]
+    pub temp_margin: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

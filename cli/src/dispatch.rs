@@ -1,15 +1,17 @@
 //! Where each command goes: done here (PKI, completions, configuration,
-//! dry runs), sent to one board's agent (`--agent`), or to the controller.
+//! dry runs without a controller), sent to one board's agent (`--agent`),
+//! or to the controller.
 
 use clap::CommandFactory;
 use serde::Serialize;
 
 use crate::agent_cmds::{self, AgentTarget};
 use crate::args::{Cli, Command, PkiCommand};
-use crate::config::{self, ProcessEnv, Settings, Sourced, Target};
-use crate::controller_cmds;
-use crate::exit::CliError;
-use crate::output::{key_values, Cell, Column, Out, Table};
+use crate::config::{self, ProcessEnv, Settings, Source, Sourced, Target};
+use crate::controller_cmds::{self, ControllerTarget};
+use crate::exit::{chain, CliError};
+use crate::output::{Cell, Column, Out, Table};
+use crate::render::spec::spec_lines;
 use crate::spec_file::{self, LoadedSpec};
 use crate::views::{SpecView, SubmitList, SubmitView};
 
@@ -24,7 +26,21 @@ pub async fn run(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
         }
         Command::Completions { shell } => return completions(*shell, out),
         Command::Submit(args) if args.dry_run => {
+            // Every file is checked before any peer is asked; with a
+            // controller, its decision is shown too.
             let specs = spec_file::load_all(&args.files)?;
+            match config::load(&cli.global.flags(), &ProcessEnv) {
+                Ok(settings) => {
+                    if let Target::Controller(addr) = &settings.target {
+                        let target = controller_target(&addr.value, &settings);
+                        return controller_cmds::submit(&target, &specs, true, false, out).await;
+                    }
+                }
+                Err(e) => eprintln!(
+                    "fleetctl: note: no controller asked, the configuration cannot be used: {}",
+                    chain(&e)
+                ),
+            }
             return dry_run(&specs, out);
         }
         _ => {}
@@ -49,8 +65,59 @@ pub async fn run(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
                 command => agent_cmds::run(command, &target, out).await,
             }
         }
-        Target::Controller(addr) => controller_cmds::run(&cli.command, Some(&addr.value)).await,
-        Target::None => controller_cmds::run(&cli.command, None).await,
+        Target::Controller(addr) => {
+            let target = controller_target(&addr.value, &settings);
+            controller_cmds::run(&cli.command, &target, out).await
+        }
+        Target::None => Err(CliError::NeedsController {
+            command: cli.command.name().to_owned(),
+            single_board: has_single_board_form(&cli.command),
+            with_agent: false,
+        }),
+    }
+}
+
+/// The controller at `addr`. `--node` counts only when given on the
+/// command line or in `FLEET_NODE`: a context's `node` names the board of
+/// an agent context, not a filter.
+fn controller_target<'a>(addr: &'a str, settings: &'a Settings) -> ControllerTarget<'a> {
+    let node = settings
+        .node
+        .as_ref()
+        .filter(|n| matches!(n.source, Source::Flag(_) | Source::Env(_)))
+        .map(|n| n.value.as_str());
+    ControllerTarget {
+        addr,
+        settings,
+        node,
+    }
+}
+
+/// Whether `command` also works against one board with `--agent`.
+pub fn has_single_board_form(command: &Command) -> bool {
+    match command {
+        Command::Submit(_)
+        | Command::Ps(_)
+        | Command::Status { .. }
+        | Command::Logs(_)
+        | Command::Stop(_)
+        | Command::Restart(_)
+        | Command::Rm(_)
+        | Command::Autostart { .. }
+        | Command::StartAll
+        | Command::StopAll
+        | Command::Watch { .. }
+        | Command::Power(_)
+        | Command::Clocks(_)
+        | Command::Node(crate::args::NodeCommand::Info { .. }) => true,
+        Command::Cancel(_)
+        | Command::Explain { .. }
+        | Command::Events(_)
+        | Command::Nodes(_)
+        | Command::Node(_)
+        | Command::Policy(_) => false,
+        // Local commands never come here.
+        Command::Pki(_) | Command::Config | Command::Completions { .. } => true,
     }
 }
 
@@ -72,6 +139,9 @@ fn dry_run(specs: &[LoadedSpec], out: &mut Out) -> Result<(), CliError> {
                     dry_run: true,
                     spec: SpecView::from(&l.normalized()),
                     status: None,
+                    experiment: None,
+                    decision: None,
+                    event_seq: None,
                 })
                 .collect(),
         });
@@ -94,106 +164,6 @@ fn dry_run(specs: &[LoadedSpec], out: &mut Out) -> Result<(), CliError> {
         }
     }
     out.line("dry run: nothing was started")
-}
-
-/// A spec for people, defaults written out.
-pub fn spec_lines(s: &SpecView) -> Vec<String> {
-    let mut pairs: Vec<(&str, String)> = vec![(
-        "command",
-        s.command
-            .iter()
-            .map(|a| shell_quote(a))
-            .collect::<Vec<_>>()
-            .join(" "),
-    )];
-    if let Some(dir) = &s.working_dir {
-        pairs.push(("working dir", dir.clone()));
-    }
-    if !s.env.is_empty() {
-        let env: Vec<String> = s
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={}", shell_quote(v)))
-            .collect();
-        pairs.push(("env", env.join(" ")));
-    }
-    if let Some(name) = &s.config_name {
-        pairs.push((
-            "config",
-            format!("{name} ({})", crate::output::bytes(s.config_bytes as u64)),
-        ));
-    }
-    pairs.push(("priority", s.priority.to_string()));
-    let resources: Vec<String> = [
-        s.memory_max.as_ref().map(|m| format!("memory at most {m}")),
-        s.cpu_quota.as_ref().map(|c| format!("cpu at most {c}")),
-        s.gpu.then(|| "needs a GPU".to_owned()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    pairs.push((
-        "resources",
-        if resources.is_empty() {
-            "the unit template's defaults".to_owned()
-        } else {
-            resources.join(", ")
-        },
-    ));
-    let mut placement: Vec<String> = Vec::new();
-    if let Some(node) = &s.node {
-        placement.push(format!("on {node}"));
-    }
-    if !s.labels.is_empty() {
-        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        placement.push(format!("labels {}", labels.join(",")));
-    }
-    if let Some(mode) = &s.power_mode {
-        placement.push(format!("power mode {mode}"));
-    }
-    if let Some(t) = s.max_temp_c {
-        placement.push(format!("below {t} °C"));
-    }
-    pairs.push((
-        "placement",
-        if placement.is_empty() {
-            "any board".to_owned()
-        } else {
-            placement.join(", ")
-        },
-    ));
-    let restarts = match (s.restart.as_str(), s.max_restarts) {
-        ("never", _) | (_, Some(0)) => "never restarted".to_owned(),
-        (_, Some(n)) => format!(
-            "restarted on failure up to {n} times, {} apart",
-            s.restart_delay
-        ),
-        (policy, None) => format!("restart {policy}"),
-    };
-    pairs.push((
-        "lifecycle",
-        format!(
-            "{restarts}; runs at most {}; stop timeout {}; on disruption {}; autostart {}",
-            s.max_runtime.as_deref().unwrap_or("without limit"),
-            s.stop_timeout,
-            s.on_disruption,
-            if s.autostart { "on" } else { "off" }
-        ),
-    ));
-    key_values(&pairs)
-}
-
-/// An argument as a shell would need it: bare when safe, else in single quotes.
-pub fn shell_quote(arg: &str) -> String {
-    let safe = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%{}$".contains(c));
-    if safe {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }
 
 /// `fleetctl config` in JSON.
@@ -274,18 +244,4 @@ fn show_config(s: &Settings, out: &mut Out) -> Result<(), CliError> {
     };
     row(&mut table, "output", Some(&output));
     out.table(&table)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_are_quoted_only_when_needed() {
-        assert_eq!(shell_quote("python3"), "python3");
-        assert_eq!(shell_quote("${FLEET_CONFIG}"), "${FLEET_CONFIG}");
-        assert_eq!(shell_quote("two words"), "'two words'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
 }

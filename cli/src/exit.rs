@@ -7,9 +7,9 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | error: the request failed, a file is bad, the peer cannot be reached, or the command needs a controller |
+//! | 1 | error: the request failed, a file is bad, the peer cannot be reached, or the command needs a controller or an agent |
 //! | 2 | usage: bad flags or arguments (clap's own code too) |
-//! | 3 | not found: no such experiment (gRPC `NotFound`) |
+//! | 3 | not found: no such experiment or node (gRPC `NotFound`) |
 //! | 4 | refused: by policy or permission (`PermissionDenied`, `Unauthenticated`), a stale epoch or a needed reboot (`FailedPrecondition`), or the board declines (`Unavailable`, e.g. too hot) |
 
 use std::fmt;
@@ -107,17 +107,27 @@ pub enum CliError {
         #[source]
         source: io::Error,
     },
-    /// The command exists only with a controller, which this fleetctl
-    /// cannot talk to yet.
-    #[error("{}", needs_controller(.command, .controller.as_deref(), *.single_board))]
+    /// The command needs a controller and none is configured, or it has
+    /// no single-board form and an agent is.
+    #[error("{}", needs_controller(.command, *.single_board, *.with_agent))]
     NeedsController {
         /// The command as typed, e.g. `ps`.
         command: String,
-        /// The configured controller address, if any.
-        controller: Option<String>,
         /// Whether the command also works with `--agent`.
         single_board: bool,
+        /// Whether an agent is what is configured.
+        with_agent: bool,
     },
+    /// The command works only straight against a board's agent.
+    #[error("\"{command}\" works only with --agent HOST:PORT: {why}")]
+    AgentOnly {
+        command: String,
+        /// Why the controller cannot do it, and what to do instead.
+        why: &'static str,
+    },
+    /// The peer knows no such thing (without a gRPC `NotFound` to say so).
+    #[error("{0}")]
+    NotFound(String),
     /// Arguments that clap accepted but that make no sense together or
     /// break a rule of their value.
     #[error("{0}")]
@@ -141,6 +151,7 @@ impl CliError {
             CliError::Rpc { status, .. } => ExitCode::of_grpc(status.code()),
             CliError::Many(errors) => errors.first().map_or(ExitCode::Error, CliError::exit_code),
             CliError::Usage(_) => ExitCode::Usage,
+            CliError::NotFound(_) => ExitCode::NotFound,
             CliError::Tls(_)
             | CliError::Config(_)
             | CliError::Pki(_)
@@ -148,6 +159,7 @@ impl CliError {
             | CliError::Read { .. }
             | CliError::Write { .. }
             | CliError::NeedsController { .. }
+            | CliError::AgentOnly { .. }
             | CliError::Failed(_)
             | CliError::Output(_) => ExitCode::Error,
         }
@@ -236,17 +248,18 @@ fn spec_summary(files: &[BadSpecFile]) -> String {
     )
 }
 
-fn needs_controller(command: &str, controller: Option<&str>, single_board: bool) -> String {
-    let mut text = format!("\"{command}\" needs a controller");
-    if let Some(addr) = controller {
-        text.push_str(&format!(
-            " (this fleetctl cannot talk to the controller at {addr} yet)"
-        ));
+fn needs_controller(command: &str, single_board: bool, with_agent: bool) -> String {
+    if with_agent {
+        return format!(
+            "\"{command}\" needs a controller; it has no single-board form with --agent"
+        );
     }
+    let mut text = format!(
+        "\"{command}\" needs a controller: name one with --controller HOST:PORT, \
+         FLEET_CONTROLLER or `controller` in a context of the config file"
+    );
     if single_board {
-        text.push_str("; use --agent HOST:PORT for a single board");
-    } else {
-        text.push_str("; it has no single-board form with --agent");
+        text.push_str("; or use --agent HOST:PORT for a single board");
     }
     text
 }
@@ -310,23 +323,34 @@ mod tests {
         assert_eq!(CliError::Usage("u".into()).exit_code(), ExitCode::Usage);
         let needs = CliError::NeedsController {
             command: "ps".into(),
-            controller: None,
             single_board: true,
+            with_agent: false,
         };
         assert_eq!(needs.exit_code(), ExitCode::Error);
         assert_eq!(
             needs.report(),
-            "fleetctl: \"ps\" needs a controller; use --agent HOST:PORT for a single board"
+            "fleetctl: \"ps\" needs a controller: name one with --controller HOST:PORT, \
+             FLEET_CONTROLLER or `controller` in a context of the config file; or use \
+             --agent HOST:PORT for a single board"
         );
         let events = CliError::NeedsController {
             command: "events".into(),
-            controller: Some("lab:7400".into()),
             single_board: false,
+            with_agent: true,
         };
-        assert!(
-            events.report().contains("controller at lab:7400"),
-            "{}",
-            events.report()
+        assert_eq!(
+            events.report(),
+            "fleetctl: \"events\" needs a controller; it has no single-board form with --agent"
+        );
+        let clocks = CliError::AgentOnly {
+            command: "clocks".into(),
+            why: "no controller call switches jetson_clocks",
+        };
+        assert_eq!(clocks.exit_code(), ExitCode::Error);
+        assert!(clocks.report().contains("only with --agent"));
+        assert_eq!(
+            CliError::NotFound("no node x".into()).exit_code(),
+            ExitCode::NotFound
         );
         let pipe = CliError::Output(io::Error::from(io::ErrorKind::BrokenPipe));
         assert!(pipe.is_broken_pipe());

@@ -590,7 +590,7 @@ fn the_board_its_power_mode_and_clocks() {
         .expect_code(0);
     assert_eq!(
         run.stdout.trim_end(),
-        "power mode set to MODE_30W (id 2); it takes effect after the board reboots"
+        "power mode of jetson-01 set to MODE_30W (id 2); it takes effect after the board reboots"
     );
     assert!(lab.stub.board().last_power.clone().unwrap().allow_reboot);
 

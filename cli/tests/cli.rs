@@ -175,30 +175,48 @@ fn controller_commands_say_they_need_a_controller() {
     let run = home.run(&["ps"]).expect_code(1);
     assert_eq!(
         run.stderr.trim_end(),
-        "fleetctl: \"ps\" needs a controller; use --agent HOST:PORT for a single board"
+        "fleetctl: \"ps\" needs a controller: name one with --controller HOST:PORT, \
+         FLEET_CONTROLLER or `controller` in a context of the config file; or use \
+         --agent HOST:PORT for a single board"
     );
     assert_eq!(run.stdout, "");
-    let run = home
-        .run(&["--controller", "lab:7400", "status", "amnesiac-001"])
-        .expect_code(1);
-    assert!(
-        run.stderr.contains("controller at lab:7400"),
-        "{}",
-        run.stderr
-    );
     // Commands without a single-board form say so, even with --agent.
     let run = home
         .run(&["--agent", "127.0.0.1:1", "events", "-f"])
         .expect_code(1);
+    assert_eq!(
+        run.stderr.trim_end(),
+        "fleetctl: \"events\" needs a controller; it has no single-board form with --agent"
+    );
+    let run = home
+        .run(&["node", "drain", "jetson-01", "--wait"])
+        .expect_code(1);
+    assert!(!run.stderr.contains("--agent"), "{}", run.stderr);
+    home.run(&["policy", "get"]).expect_code(1);
+}
+
+#[test]
+fn a_controller_without_certificates_says_where_they_were_looked_for() {
+    let home = Home::new();
+    let run = home
+        .run(&["--controller", "lab:7400", "status", "amnesiac-001"])
+        .expect_code(1);
     assert!(
-        run.stderr
-            .contains("\"events\" needs a controller; it has no single-board form"),
+        run.stderr.contains(".config/fleet/ca.pem"),
         "{}",
         run.stderr
     );
-    home.run(&["node", "drain", "jetson-01", "--wait"])
+    assert!(run.stderr.contains("fleetctl pki init"), "{}", run.stderr);
+    // Agent-only commands are refused before any connection, naming --agent.
+    let run = home
+        .run(&["--controller", "lab:7400", "clocks", "jetson-01", "on"])
         .expect_code(1);
-    home.run(&["policy", "get"]).expect_code(1);
+    assert!(
+        run.stderr
+            .starts_with("fleetctl: \"clocks\" works only with --agent HOST:PORT: "),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -228,6 +246,22 @@ fn usage_errors_exit_2_before_any_connection() {
         ],
         vec!["--controller", "a:1", "--agent", "b:2", "ps"],
         vec!["submit", "x.toml", "--dry-run", "--wait"],
+        vec!["--controller", "127.0.0.1:1", "ps", "--state", "disrupted"],
+        vec!["--controller", "127.0.0.1:1", "ps", "--label", "nolabel"],
+        vec!["--controller", "127.0.0.1:1", "power", "MAXN"],
+        vec!["--controller", "127.0.0.1:1", "node", "label", "x", "A=b"],
+        vec![
+            "--controller",
+            "127.0.0.1:1",
+            "policy",
+            "set",
+            "pack",
+            "--weight",
+            "heat=1",
+        ],
+        vec!["--controller", "127.0.0.1:1", "events", "../x"],
+        vec!["--agent", "127.0.0.1:1", "stop", "x", "--reason", "why"],
+        vec!["--agent", "127.0.0.1:1", "power", "MAXN", "--force"],
     ] {
         let run = home.run(&args).expect_code(2);
         assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);

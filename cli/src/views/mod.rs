@@ -13,6 +13,9 @@ use serde::Serialize;
 
 use crate::time::rfc3339_utc;
 
+mod fleet;
+pub use fleet::*;
+
 /// An experiment's state word, the same in tables and JSON.
 pub fn state_word(state: v1::ExperimentState) -> &'static str {
     match state {
@@ -54,7 +57,7 @@ pub fn thermal_word(state: v1::ThermalState) -> &'static str {
 }
 
 /// A time as RFC 3339, `None` for the wire's "unset" (0).
-fn time_opt(us: i64) -> Option<String> {
+pub fn time_opt(us: i64) -> Option<String> {
     (us != 0).then(|| rfc3339_utc(us))
 }
 
@@ -98,7 +101,7 @@ pub struct ExperimentView {
     pub invocation_id: Option<String>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+pub fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
@@ -201,9 +204,28 @@ impl From<&v1::PowerMode> for PowerModeView {
     }
 }
 
-/// `node info`.
+/// `node info`: the board as its agent describes itself, and one
+/// telemetry sample.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
+    #[serde(flatten)]
+    pub info: NodeInfoView,
+    /// One telemetry sample, `null` when the agent sent none in time.
+    pub telemetry: Option<TelemetryView>,
+}
+
+impl NodeView {
+    pub fn new(n: &v1::NodeInfo, telemetry: Option<&v1::TelemetrySample>) -> Self {
+        NodeView {
+            info: NodeInfoView::from(n),
+            telemetry: telemetry.map(TelemetryView::from),
+        }
+    }
+}
+
+/// A board as its agent describes itself (GetNode).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfoView {
     pub node: String,
     pub model: String,
     pub l4t_release: String,
@@ -221,13 +243,11 @@ pub struct NodeView {
     /// The agent's thermal thresholds, °C.
     pub warn_c: f64,
     pub critical_c: f64,
-    /// One telemetry sample, `null` when the agent sent none in time.
-    pub telemetry: Option<TelemetryView>,
 }
 
-impl NodeView {
-    pub fn new(n: &v1::NodeInfo, telemetry: Option<&v1::TelemetrySample>) -> Self {
-        NodeView {
+impl From<&v1::NodeInfo> for NodeInfoView {
+    fn from(n: &v1::NodeInfo) -> Self {
+        NodeInfoView {
             node: n.node.clone(),
             model: n.model.clone(),
             l4t_release: n.l4t_release.clone(),
@@ -243,19 +263,18 @@ impl NodeView {
             zones: n.zones.clone(),
             warn_c: n.warn_c,
             critical_c: n.critical_c,
-            telemetry: telemetry.map(TelemetryView::from),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ZoneView {
     pub name: String,
     pub celsius: Option<f64>,
     pub offline: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TelemetryView {
     pub time: Option<String>,
     pub time_unix_us: i64,
@@ -313,7 +332,7 @@ impl From<&v1::TelemetrySample> for TelemetryView {
 }
 
 /// A spec as it would be sent (`submit --dry-run`), defaults written out.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpecView {
     /// `null` when the file names none and one is generated on submission.
     pub id: Option<String>,
@@ -378,6 +397,13 @@ pub struct SubmitView {
     pub spec: SpecView,
     /// The experiment as the board reported it; `null` on a dry run.
     pub status: Option<ExperimentView>,
+    /// With a controller: the experiment as the controller stored it (on a
+    /// dry run, as it would be stored).
+    pub experiment: Option<FleetExperimentView>,
+    /// With a controller's dry run: where the scheduler would place it now.
+    pub decision: Option<DecisionView>,
+    /// With a controller: the sequence number of the `submitted` event.
+    pub event_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,6 +422,8 @@ pub struct RemoveView {
 /// `power`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PowerView {
+    /// The board, when the command named it.
+    pub node: Option<String>,
     pub mode: Option<PowerModeView>,
     pub changed: bool,
     pub reboot_required: bool,
