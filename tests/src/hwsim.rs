@@ -11,6 +11,8 @@
 //! hw/etc/nv_tegra_release
 //! hw/etc/nvpmodel.conf           → nvpmodel/nvpmodel_<board>.conf
 //! hw/var/lib/nvpmodel/status     the saved mode `fleet-sim-nvpmodel` keeps
+//! hw/nvpmodel-reboots            one `reboot <id>` per reboot it was allowed
+//! hw/heat                        zones pinned by another process (optional)
 //! ```
 //!
 //! and writes every online zone at the model's resting temperature, so the
@@ -25,7 +27,9 @@
 //! cgroups) per
 //! second of wall time, and writes each zone from it. Scripted heat events pin
 //! a zone ([`HwSim::set_zone`]) until released ([`HwSim::release_zone`]).
-//! Every write goes to a temporary file renamed over `temp`, so a reader sees
+//! Another process can pin zones through the board's heat file
+//! ([`HwSim::heat_file`], what `fleet-dev heat` writes), which the model reads
+//! at every tick. Every write goes to a temporary file renamed over `temp`, so a reader sees
 //! the old or the new value, never half of one. Tests assert on pinned
 //! temperatures only; the model's dynamics are for people (fleet-dev).
 
@@ -128,6 +132,18 @@ impl Fixture {
                 ],
                 4,
             ),
+        }
+    }
+
+    /// The GPU power-gating masks (`TPC_PG_MASK`) of the original conf,
+    /// which the reduced fixture conf left out: a switch between modes whose
+    /// masks differ needs a reboot. AGX Orin: MAXN 0, 15W 248, 30W 240, 50W 0
+    /// (fixtures README, §3). The NX masks are not known, so every NX switch
+    /// happens without one.
+    pub fn pg_masks(self) -> Option<&'static str> {
+        match self {
+            Fixture::AgxOrinR36 | Fixture::AgxOrinR35 => Some("0=0,1=248,2=240,3=0"),
+            Fixture::OrinNx => None,
         }
     }
 
@@ -289,7 +305,10 @@ struct Zone {
 struct ThermalState {
     params: ThermalParams,
     board_c: f64,
+    /// Pins set through the API; they beat the heat file's.
     pins: HashMap<String, f64>,
+    /// Pins read from the heat file at the model's last tick.
+    file_pins: HashMap<String, f64>,
 }
 
 struct Inner {
@@ -374,6 +393,7 @@ impl HwSim {
                     board_c: params.ambient_c,
                     params,
                     pins: HashMap::new(),
+                    file_pins: HashMap::new(),
                 }),
                 model: Mutex::new(None),
             }),
@@ -433,7 +453,7 @@ impl HwSim {
     /// What `fleet-sim-nvpmodel` needs in its environment (the agent passes
     /// its own environment to the tools it runs).
     pub fn env(&self) -> Vec<(String, OsString)> {
-        vec![
+        let mut env = vec![
             (
                 SIM_NVPMODEL_CONF_VAR.to_owned(),
                 self.nvpmodel_conf().into_os_string(),
@@ -446,7 +466,39 @@ impl HwSim {
                 SIM_NVPMODEL_SYSFS_VAR.to_owned(),
                 self.sysfs_root().into_os_string(),
             ),
-        ]
+            (
+                SIM_NVPMODEL_REBOOT_LOG_VAR.to_owned(),
+                self.reboot_log().into_os_string(),
+            ),
+        ];
+        if let Some(masks) = self.fixture().pg_masks() {
+            env.push((SIM_NVPMODEL_PG_MASKS_VAR.to_owned(), masks.into()));
+        }
+        env
+    }
+
+    /// Where `fleet-sim-nvpmodel` notes each reboot an operator confirmed.
+    pub fn reboot_log(&self) -> PathBuf {
+        self.root().join("nvpmodel-reboots")
+    }
+
+    /// The modes `nvpmodel -m` rebooted the board into, oldest first.
+    pub fn reboots(&self) -> Vec<u32> {
+        fs::read_to_string(self.reboot_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("reboot ")?.trim().parse().ok())
+            .collect()
+    }
+
+    /// Sets the saved mode, as if the board had booted in it; for before the
+    /// agent starts.
+    pub fn set_saved_mode(&self, id: u32) -> anyhow::Result<()> {
+        write_atomic(
+            &self.nvpmodel_status(),
+            format!("pmode:{id:04}\n").as_bytes(),
+        )
+        .with_context(|| format!("write {}", self.nvpmodel_status().display()))
     }
 
     /// The saved power mode id, as the sim nvpmodel keeps it.
@@ -515,7 +567,11 @@ impl HwSim {
     /// of the board's experiments and writes the zones. Runs until the last
     /// clone of this `HwSim` is dropped; starting it again replaces it.
     pub fn start_thermal_model(&self, board: &Board) -> anyhow::Result<()> {
-        let cpu = BoardCpu::find(&board.cgroup_dirs());
+        self.start_model_with(BoardCpu::find(&board.cgroup_dirs()));
+        Ok(())
+    }
+
+    fn start_model_with(&self, cpu: BoardCpu) {
         let sim = Arc::downgrade(&self.inner);
         let tick = self.inner.state.lock().expect("not poisoned").params.tick;
         let task = tokio::spawn(async move {
@@ -540,7 +596,9 @@ impl HwSim {
                 if let Some(us) = usage {
                     last = Some((us, now));
                 }
+                let file_pins = sim.read_heat_file();
                 let mut state = sim.inner.state.lock().expect("not poisoned");
+                state.file_pins = file_pins;
                 state.board_c = state.params.step(state.board_c, cores, dt);
                 if let Err(e) = sim.write_zones(&state) {
                     tracing::warn!(root = %sim.root().display(), error = %format!("{e:#}"), "thermal model cannot write zones");
@@ -550,7 +608,24 @@ impl HwSim {
         if let Some(old) = self.inner.model.lock().expect("not poisoned").replace(task) {
             old.abort();
         }
-        Ok(())
+    }
+
+    /// A file another process (`fleet-dev heat`) writes to pin zones while
+    /// the model runs: one `<zone> <celsius>` per line. The model reads it at
+    /// every tick; a zone that leaves the file goes back to the model.
+    pub fn heat_file(&self) -> PathBuf {
+        self.root().join("heat")
+    }
+
+    fn read_heat_file(&self) -> HashMap<String, f64> {
+        let Ok(text) = fs::read_to_string(self.heat_file()) else {
+            return HashMap::new();
+        };
+        parse_heat(&text)
+            .into_iter()
+            .filter(|(zone, _)| self.zone(zone).is_ok())
+            .map(|(zone, c)| (normalize_zone_name(&zone), c))
+            .collect()
     }
 
     /// Writes every zone from the state (pins first, then the model).
@@ -558,7 +633,7 @@ impl HwSim {
         let ambient = state.params.ambient_c;
         let mut values: BTreeMap<&str, Option<f64>> = BTreeMap::new();
         for z in &self.inner.zones {
-            let value = match state.pins.get(&z.name) {
+            let value = match state.pins.get(&z.name).or(state.file_pins.get(&z.name)) {
                 Some(pinned) => Some(*pinned),
                 None if z.offline => None,
                 None if z.name == "tj" => continue,
@@ -591,11 +666,28 @@ impl HwSim {
     }
 }
 
-/// Environment of `fleet-sim-nvpmodel`: its conf (what `/etc/nvpmodel.conf`
-/// is on a board), its saved-mode file, and the sysfs root its writes go to.
+/// `<zone> <celsius>` lines; anything else (blank lines, `#` comments,
+/// garbage) is skipped.
+pub fn parse_heat(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let zone = words.next().filter(|z| !z.starts_with('#'))?;
+            let celsius: f64 = words.next()?.parse().ok()?;
+            celsius.is_finite().then(|| (zone.to_owned(), celsius))
+        })
+        .collect()
+}
+
+/// Environment of `fleet-sim-nvpmodel` (see its documentation): its conf
+/// (what `/etc/nvpmodel.conf` is on a board), its saved-mode file, the sysfs
+/// root its writes go to, the GPU power-gating masks the reduced confs lack,
+/// and the file it notes confirmed reboots in.
 pub const SIM_NVPMODEL_CONF_VAR: &str = "FLEET_SIM_NVPMODEL_CONF";
 pub const SIM_NVPMODEL_STATE_VAR: &str = "FLEET_SIM_NVPMODEL_STATE";
 pub const SIM_NVPMODEL_SYSFS_VAR: &str = "FLEET_SIM_NVPMODEL_SYSFS";
+pub const SIM_NVPMODEL_PG_MASKS_VAR: &str = "FLEET_SIM_NVPMODEL_PG_MASKS";
+pub const SIM_NVPMODEL_REBOOT_LOG_VAR: &str = "FLEET_SIM_NVPMODEL_REBOOT_LOG";
 
 /// Replaces `path` with `bytes` at once: written beside it, then renamed over
 /// it, so a reader opens the old file or the new one.
@@ -942,6 +1034,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cpu.usage_usec(), Some(1234));
+    }
+
+    #[test]
+    fn heat_lines_parse_and_skip_the_rest() {
+        assert_eq!(
+            parse_heat("gpu 90\n# note\n\ncpu-thermal 71.5\nbad\ntj nan\nsoc0 x\n"),
+            [("gpu".to_owned(), 90.0), ("cpu-thermal".to_owned(), 71.5)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_model_applies_the_heat_file() {
+        let (_dir, sim) = install(Fixture::AgxOrinR36);
+        sim.start_model_with(BoardCpu::find(&[]));
+        write_atomic(&sim.heat_file(), b"GPU-therm 88\nnope 1\n").unwrap();
+        crate::poll::wait_for("the pinned gpu", Duration::from_secs(10), || async {
+            Ok((sim.zone_celsius("gpu")? == Some(88.0))
+                .then_some(())
+                .into())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sim.zone_celsius("tj").unwrap(), Some(88.0));
+        fs::remove_file(sim.heat_file()).unwrap();
+        crate::poll::wait_for("gpu back to the model", Duration::from_secs(10), || async {
+            Ok((sim.zone_celsius("gpu")? == Some(39.0))
+                .then_some(())
+                .into())
+        })
+        .await
+        .unwrap();
     }
 
     #[test]
