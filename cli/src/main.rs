@@ -19,6 +19,8 @@ mod output;
 mod pki_cmds;
 mod render;
 mod spec_file;
+#[cfg(test)]
+mod testing;
 mod time;
 mod views;
 

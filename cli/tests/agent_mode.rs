@@ -304,14 +304,7 @@ struct Lab {
 impl Lab {
     fn start() -> Self {
         let home = Home::new();
-        home.run(&["pki", "init", "--dir", "pki", "--fleet", "lab"])
-            .expect_code(0);
-        home.run(&["pki", "issue", "agent", "jetson-01", "--dir", "pki"])
-            .expect_code(0);
-        home.run(&[
-            "pki", "issue", "user", "ada", "--role", "admin", "--dir", "pki",
-        ])
-        .expect_code(0);
+        home.init_pki(&["agent", "jetson-01"]);
         let tls = ServerTls::from_files(TlsFiles::new(
             home.path("pki/ca.pem"),
             home.path("pki/agent-jetson-01.pem"),
@@ -333,16 +326,7 @@ impl Lab {
             addr
         });
         // fleetctl finds everything through its config file.
-        home.write(
-            ".config/fleet/fleetctl.toml",
-            &format!(
-                "current_context = \"bench\"\n[contexts.bench]\nagent = \"{addr}\"\n\
-                 ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                home.path("pki/ca.pem").display(),
-                home.path("pki/user-ada.pem").display(),
-                home.path("pki/user-ada.key").display(),
-            ),
-        );
+        home.write_context("agent", &addr);
         Lab {
             home,
             stub,

@@ -244,7 +244,8 @@ pub fn runs_table(runs: &[RunView], now: i64) -> Table {
 }
 
 /// The line above a decision's table: `last decision (2025-06-01
-/// 14:03:22, policy balanced): placed: placed on jetson-03 (score 0.82)`.
+/// 14:03:22, policy balanced): placed on jetson-03 (score 0.82)`, the
+/// summary coloured by the outcome.
 pub fn decision_heading(title: &str, d: &DecisionView, color: bool) -> String {
     let mut context = Vec::new();
     if d.time_unix_us != 0 {
@@ -263,12 +264,15 @@ pub fn decision_heading(title: &str, d: &DecisionView, color: bool) -> String {
         "unschedulable" | "blocked" => Some(Color::Yellow),
         _ => None,
     };
-    let outcome = output::paint(d.outcome, outcome_color, color);
-    if d.summary.is_empty() {
-        format!("{title}{context}: {outcome}")
+    let summary = if d.summary.is_empty() {
+        d.outcome
     } else {
-        format!("{title}{context}: {outcome}: {}", d.summary)
-    }
+        d.summary.as_str()
+    };
+    format!(
+        "{title}{context}: {}",
+        output::paint(summary, outcome_color, color)
+    )
 }
 
 /// Every node as the scheduler saw it: the chosen one, the ones that fit
@@ -591,5 +595,381 @@ pub fn drain_text(name: &str, d: &DrainView) -> String {
             "draining {name}: waiting for {} to finish: {list}",
             board::count(n as u64, "experiment", "experiments")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, redact, T};
+    use crate::views::ExplanationView;
+
+    fn render(table: &Table) -> String {
+        redact(&table.render(None, false).join("\n"))
+    }
+
+    fn json<V: serde::Serialize>(v: &V) -> String {
+        redact(&serde_json::to_string_pretty(v).unwrap())
+    }
+
+    fn experiments() -> (FleetExperimentView, FleetExperimentView) {
+        (
+            FleetExperimentView::from(&testing::experiment()),
+            FleetExperimentView::from(&testing::queued()),
+        )
+    }
+
+    fn nodes() -> Vec<FleetNodeView> {
+        let mut cordoned = testing::node("jetson-01", v1::ThermalState::Warn, 78.5);
+        cordoned.cordoned = true;
+        cordoned.cordon_reason = "fan replacement".into();
+        let mut lost = testing::node("jetson-09", v1::ThermalState::Normal, 40.0);
+        lost.connection = v1::NodeConnection::Lost as i32;
+        lost.telemetry = None;
+        lost.info = None;
+        lost.experiments.clear();
+        lost.labels.clear();
+        lost.slots_max = 0;
+        [
+            cordoned,
+            testing::node("jetson-03", v1::ThermalState::Normal, 52.0),
+            lost,
+        ]
+        .iter()
+        .map(FleetNodeView::from)
+        .collect()
+    }
+
+    #[test]
+    fn ps_table() {
+        let (running, queued) = experiments();
+        assert_eq!(
+            render(&experiments_table(&[running, queued], T)),
+            "\
+ID            PHASE    NODE       PRI     AGE  RUNS  CRASHES  DISRUPTIONS  REASON
+amnesiac-001  running  jetson-03   50      4h     2        1            1
+big-train     queued   -            0  1m 30s     0        0            0  no node fits: 1 too hot, 1 cordoned"
+        );
+        // Colours: the phase only.
+        let (running, _) = experiments();
+        let colored = experiments_table(&[running], T).render(None, true);
+        assert!(colored[1].contains("\x1b[32mrunning\x1b[0m"), "{colored:?}");
+    }
+
+    #[test]
+    fn status_with_spec_board_report_and_runs() {
+        let (e, _) = experiments();
+        let raw = testing::experiment();
+        let lines = redact(&status_lines(&e, raw.status.as_ref(), T, false).join("\n"));
+        assert_eq!(
+            lines,
+            "\
+id:         amnesiac-001
+phase:      running on jetson-03 (epoch 2)
+submitted:  <time> (4h ago) by user/ada
+updated:    <time> (1h ago), revision 9
+runs:       2 runs; 1 crash and 1 disruption in all
+command:    python3 run.py
+priority:   50
+resources:  memory at most 8G
+placement:  any board
+lifecycle:  restarted on failure up to 3 times, 5s apart; runs at most without limit; \
+stop timeout 30s; on disruption requeue; autostart off
+
+last report of the board:
+  id:         amnesiac-001
+  unit:       brain-experiment@amnesiac-001.service
+  state:      running (systemd: active/running)
+  pid:        4242
+  memory:     812.0 MiB (peak unknown)
+  cpu:        unknown
+  runs:       0 automatic restarts since the last start; 0 crashes and 0 disruptions on this board in all
+  epoch:      2
+  autostart:  off"
+        );
+        assert_eq!(
+            render(&runs_table(&e.runs, T)),
+            "\
+RUN  NODE       EPOCH  STARTED              LASTED  OUTCOME    POWER     CLOCKS  L4T         PEAK  THROTTLED  CRASHES  MESSAGE
+  1  jetson-01      1  <time>      1h  disrupted  MAXN      on      R36.4.3  86.0 °C  yes              0  stopped by the thermal guard at 86.0 °C
+  2  jetson-03      2  <time>      1h  running    MODE_30W  off     R36.4.3  61.5 °C  no               1"
+        );
+        let (_, queued) = experiments();
+        let lines = status_lines(&queued, None, T, false).join("\n");
+        assert!(
+            lines.contains("reason:     no node fits: 1 too hot, 1 cordoned"),
+            "{lines}"
+        );
+        assert!(!lines.contains("last report"), "{lines}");
+    }
+
+    #[test]
+    fn experiment_json_is_complete() {
+        let (e, _) = experiments();
+        let v = serde_json::to_value(&e).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        // serde_json's maps are sorted.
+        assert_eq!(
+            keys,
+            [
+                "crashes",
+                "disruptions",
+                "epoch",
+                "id",
+                "node",
+                "phase",
+                "priority",
+                "reason",
+                "revision",
+                "runs",
+                "spec",
+                "status",
+                "submit_seq",
+                "submitted_at",
+                "submitted_at_unix_us",
+                "submitted_by",
+                "updated_at",
+                "updated_at_unix_us"
+            ]
+        );
+        assert_eq!(
+            redact(&serde_json::to_string(&e.runs[1]).unwrap()),
+            "{\"node\":\"jetson-03\",\"epoch\":2,\"started_at\":\"<time>\",\
+             \"started_at_unix_us\":1748775802500000,\"ended_at\":null,\
+             \"ended_at_unix_us\":null,\"outcome\":\"running\",\"message\":null,\
+             \"failure\":null,\"exit_code\":null,\"exit_signal\":null,\"disruption\":null,\
+             \"crashes\":1,\"power_mode\":{\"id\":2,\"name\":\"MODE_30W\"},\
+             \"jetson_clocks\":false,\"l4t_release\":\"R36.4.3\",\"peak_temp_c\":61.5,\
+             \"throttled\":false}"
+        );
+        // The board's report has the shape `--agent status` prints.
+        assert_eq!(v["status"]["state"], "running");
+        assert_eq!(v["status"].as_object().unwrap().len(), 24);
+    }
+
+    #[test]
+    fn decisions_show_every_node() {
+        let d = DecisionView::from(&testing::decision(false));
+        assert_eq!(
+            redact(&decision_heading("last decision", &d, false)),
+            "last decision (<time>, policy balanced): placed on jetson-03 (score 0.82)"
+        );
+        assert_eq!(
+            render(&verdict_table(&d)),
+            "\
+NODE       VERDICT   SCORE  DETAIL
+jetson-03  placed     0.82  temperature 0.90×0.50, load 0.74×0.50
+jetson-02  fits       0.61  temperature 0.50×0.50, load 0.72×0.50
+jetson-01  excluded      -  too hot: 73.5 °C ≥ warn 75.0 − margin 5.0; cordoned"
+        );
+        let dry = DecisionView::from(&testing::decision(true));
+        assert!(render(&verdict_table(&dry)).contains("jetson-03  would place   0.82"));
+        // Cut to the terminal, the reasons go first; names and verdicts stay.
+        let narrow = verdict_table(&d).render(Some(50), false);
+        assert!(narrow.iter().all(|l| l.chars().count() <= 50), "{narrow:?}");
+        assert!(narrow[3].starts_with("jetson-01  excluded      -  too hot"));
+        assert_eq!(
+            json(&ExplanationView {
+                experiment: None,
+                last: None,
+                now: Some(DecisionView {
+                    nodes: Vec::new(),
+                    ..dry
+                }),
+            }),
+            r#"{
+  "experiment": null,
+  "last": null,
+  "now": {
+    "experiment": "amnesiac-001",
+    "time": "<time>",
+    "time_unix_us": 1748779402500000,
+    "policy": "balanced",
+    "outcome": "placed",
+    "node": "jetson-03",
+    "epoch": 0,
+    "summary": "placed on jetson-03 (score 0.82)",
+    "dry_run": true,
+    "nodes": []
+  }
+}"#
+        );
+        let verdict = serde_json::to_value(&d.nodes[2]).unwrap();
+        assert_eq!(
+            verdict,
+            serde_json::json!({
+                "node": "jetson-01",
+                "fits": false,
+                "reasons": ["too hot: 73.5 °C ≥ warn 75.0 − margin 5.0", "cordoned"],
+                "score": null,
+                "terms": []
+            })
+        );
+    }
+
+    #[test]
+    fn events_as_a_table_as_lines_and_as_json() {
+        let events: Vec<FleetEventView> =
+            testing::events().iter().map(FleetEventView::from).collect();
+        assert_eq!(
+            render(&events_table(&events)),
+            "\
+SEQ  TIME                 KIND           EXPERIMENT    NODE       BY         DETAIL
+ 41  <time>  submitted      amnesiac-001  -          user/ada   priority 50
+ 42  <time>  phase-changed  amnesiac-001  jetson-03  scheduler  queued → placing
+ 43  <time>  node-cordoned  -             jetson-01  user/ada   fan replacement"
+        );
+        let lines: Vec<String> = events
+            .iter()
+            .map(|e| redact(&event_line(e, false)))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "#41  <time>  submitted  amnesiac-001  priority 50  (by user/ada)",
+                "#42  <time>  phase-changed  amnesiac-001  jetson-03  queued → placing  (by scheduler)",
+                "#43  <time>  node-cordoned  jetson-01  fan replacement  (by user/ada)",
+            ]
+        );
+        assert!(event_line(&events[1], true).contains("\x1b[33mphase-changed\x1b[0m"));
+        assert_eq!(
+            redact(&serde_json::to_string(&events[1]).unwrap()),
+            "{\"seq\":42,\"time\":\"<time>\",\"time_unix_us\":1748779403500000,\
+             \"kind\":\"phase-changed\",\"experiment\":\"amnesiac-001\",\"node\":\"jetson-03\",\
+             \"epoch\":2,\"from\":\"queued\",\"to\":\"placing\",\"message\":null,\
+             \"actor\":\"scheduler\"}"
+        );
+    }
+
+    #[test]
+    fn nodes_table_colours_temperatures_by_thermal_state() {
+        let nodes = nodes();
+        assert_eq!(
+            render(&nodes_table(&nodes)),
+            "\
+NAME       STATE     THERMAL         LOAD         MEMORY  POWER  EXPERIMENTS  LABELS
+jetson-01  cordoned  warn 78.5 °C    1.25  24.0/64.0 GiB  MAXN           1/4  model=agx-orin
+jetson-03  ready     normal 52.0 °C  1.25  24.0/64.0 GiB  MAXN           1/4  model=agx-orin
+jetson-09  lost      -                  -              -  -                0  -"
+        );
+        let colored = nodes_table(&nodes).render(None, true);
+        assert!(
+            colored[1].contains("\x1b[33mwarn 78.5 °C\x1b[0m"),
+            "{colored:?}"
+        );
+        assert!(
+            colored[2].contains("\x1b[32mnormal 52.0 °C\x1b[0m"),
+            "{colored:?}"
+        );
+        assert!(colored[3].contains("\x1b[31mlost\x1b[0m"), "{colored:?}");
+        assert_eq!(
+            memory_of(512 * 1024 * 1024, 8 * 1024 * 1024 * 1024),
+            "512.0 MiB/8.0 GiB"
+        );
+    }
+
+    #[test]
+    fn one_node_in_full() {
+        let nodes = nodes();
+        assert_eq!(
+            redact(&node_lines(&nodes[0], T, false).join("\n")),
+            "\
+node:         jetson-01
+address:      jetson-01.lab:7443
+state:        cordoned (fan replacement)
+connection:   connected (from joined)
+last seen:    <time> (2s ago)
+labels:       model=agx-orin
+experiments:  amnesiac-001
+slots:        1 of 4 used, 8.0 GiB reserved
+model:        NVIDIA Jetson AGX Orin Developer Kit
+l4t:          R36.4.3
+agent:        0.1.0
+cpu cores:    12
+memory:       64.0 GiB
+gpu:          yes
+power mode:   MAXN (id 0)
+power modes:  0=MAXN (default)
+thresholds:   warn 75 °C, critical 85 °C
+thermal:      warn, hottest cpu-thermal at 78.5 °C
+accepting:    no (too hot or draining)
+load:         1.25 1.00 0.50, cpu 20.0%
+memory free:  40.0 GiB of 64.0 GiB"
+        );
+        assert_eq!(
+            render(&node_zone_table(&nodes[0]).unwrap()),
+            "ZONE            TEMP\ncpu-thermal  78.5 °C"
+        );
+        let lost = node_lines(&nodes[2], T, false).join("\n");
+        assert!(lost.contains("board:        not reached yet"), "{lost}");
+        assert!(node_zone_table(&nodes[2]).is_none());
+        let v = serde_json::to_value(&nodes[0]).unwrap();
+        assert_eq!(v["state"], "cordoned");
+        assert_eq!(v["cordon_reason"], "fan replacement");
+        assert_eq!(v["info"]["warn_c"], 75.0);
+        assert_eq!(v["telemetry"]["thermal_state"], "warn");
+        assert_eq!(v.as_object().unwrap().len(), 20);
+        assert_eq!(
+            serde_json::to_value(&nodes[2]).unwrap()["info"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn policy_for_people_and_scripts() {
+        let p = PolicyView::from(&testing::policy());
+        assert_eq!(
+            redact(&policy_lines(&p, T).join("\n")),
+            "\
+policy:        balanced
+weights:       temperature 0.40, load 0.30, memory 0.20, spread 0.10, pack 0.00
+strict order:  off: experiments that fit pass one that cannot be placed
+temp margin:   5.0 °C: a board is too hot from its warn temperature minus this
+updated:       <time> (1m ago) by user/ada"
+        );
+        assert_eq!(
+            json(&p),
+            r#"{
+  "name": "balanced",
+  "weights": {
+    "temperature": 0.4,
+    "load": 0.3,
+    "memory": 0.2,
+    "spread": 0.1,
+    "pack": 0.0
+  },
+  "strict_order": false,
+  "temp_margin_c": 5.0,
+  "updated_at": "<time>",
+  "updated_at_unix_us": 1748779342500000,
+  "updated_by": "user/ada"
+}"#
+        );
+    }
+
+    #[test]
+    fn drains_say_what_happens_to_the_experiments() {
+        let view = |mode, experiments: &[&str]| DrainView {
+            node: None,
+            mode,
+            experiments: experiments.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            drain_text("jetson-01", &view("wait", &["a", "b"])),
+            "draining jetson-01: waiting for 2 experiments to finish: a, b"
+        );
+        assert_eq!(
+            drain_text("jetson-01", &view("requeue", &["a"])),
+            "draining jetson-01: stopping 1 experiment and queueing it again: a"
+        );
+        assert_eq!(
+            drain_text("jetson-01", &view("wait", &[])),
+            "draining jetson-01: nothing runs there; nothing new will be placed"
+        );
+        assert_eq!(
+            serde_json::to_string(&view("requeue", &["a"])).unwrap(),
+            r#"{"node":null,"mode":"requeue","experiments":["a"]}"#
+        );
+        assert_eq!(labels_text(&BTreeMap::new()), "-");
     }
 }

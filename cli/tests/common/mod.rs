@@ -116,3 +116,161 @@ pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
+
+impl Home {
+    /// A fleet CA, a server certificate (`controller` or `agent NODE`) and
+    /// the admin user `ada`, all under `pki/`.
+    pub fn init_pki(&self, server: &[&str]) {
+        self.run(&["pki", "init", "--dir", "pki", "--fleet", "lab"])
+            .expect_code(0);
+        let mut issue = vec!["pki", "issue"];
+        issue.extend_from_slice(server);
+        issue.extend(["--dir", "pki"]);
+        self.run(&issue).expect_code(0);
+        self.run(&[
+            "pki", "issue", "user", "ada", "--role", "admin", "--dir", "pki",
+        ])
+        .expect_code(0);
+    }
+
+    /// A config file whose current context reaches `key = addr` (`agent`
+    /// or `controller`) with ada's certificate.
+    pub fn write_context(&self, key: &str, addr: &str) {
+        self.write(
+            ".config/fleet/fleetctl.toml",
+            &format!(
+                "current_context = \"lab\"\n[contexts.lab]\n{key} = \"{addr}\"\n\
+                 ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                self.path("pki/ca.pem").display(),
+                self.path("pki/user-ada.pem").display(),
+                self.path("pki/user-ada.key").display(),
+            ),
+        );
+    }
+
+    /// `fleetctl` running in the background, its output read line by line
+    /// (`events -f`, `logs -f`).
+    pub fn spawn(&self, args: &[&str]) -> Spawned {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fleetctl");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+}
+
+/// A background `fleetctl` and the stdout lines it printed so far.
+pub struct Spawned {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Spawned {
+    /// Waits until `n` lines have been printed in all, or fails with what
+    /// was printed, its stderr and its exit status if it ended.
+    #[track_caller]
+    pub fn wait_for_lines(&mut self, n: usize) -> &[String] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    let _ = self.child.kill();
+                    let mut stderr = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    panic!(
+                        "waited for {n} lines, got {:#?}\nexit status: {status:?}\nstderr:\n{stderr}",
+                        self.seen
+                    );
+                }
+            }
+        }
+        &self.seen
+    }
+
+    /// Ends it as Ctrl-C would, and returns what it printed on stderr.
+    pub fn interrupt(mut self) -> String {
+        // SAFETY: kill(2) on the child's own pid; it has not been reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}
+
+/// `text` with every date-time (`2025-06-01 14:03:22`, RFC 3339 with
+/// fraction and `Z`) replaced by `<time>`: wall-clock times follow the
+/// local time zone.
+pub fn redact(text: &str) -> String {
+    const SHAPE: &[u8] = b"dddd-dd-dd?dd:dd:dd";
+    let chars: Vec<char> = text.chars().collect();
+    let at = |c: &[char]| -> Option<usize> {
+        if c.len() < SHAPE.len() {
+            return None;
+        }
+        for (i, s) in SHAPE.iter().enumerate() {
+            let ok = match s {
+                b'd' => c[i].is_ascii_digit(),
+                b'?' => c[i] == ' ' || c[i] == 'T',
+                other => c[i] == char::from(*other),
+            };
+            if !ok {
+                return None;
+            }
+        }
+        let mut len = SHAPE.len();
+        if c.get(len) == Some(&'.') {
+            len += 1;
+            while c.get(len).is_some_and(char::is_ascii_digit) {
+                len += 1;
+            }
+        }
+        if c.get(len) == Some(&'Z') {
+            len += 1;
+        }
+        Some(len)
+    };
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if let Some(len) = at(&chars[i..]) {
+            out.push_str("<time>");
+            i += len;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
