@@ -48,8 +48,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "HOST:PORT")]
     pub agent: Option<String>,
     /// The board meant: with --agent, the node name the agent must prove
-    /// (default: any agent of the fleet); with a controller, `ps` and
-    /// `events` show only this board's
+    /// (default: any agent of the fleet); with a controller (from this flag
+    /// or FLEET_NODE), ps, events and watch show only this board's, and
+    /// node info and power act on it
     #[arg(long, global = true, value_name = "NAME")]
     pub node: Option<String>,
     /// The fleet CA certificate
@@ -92,7 +93,7 @@ pub enum Command {
     /// List experiments
     #[command(visible_alias = "list")]
     Ps(PsArgs),
-    /// Show one experiment in full, with its run counters
+    /// Show one experiment in full, with its runs and counters
     Status {
         /// The experiment's id
         id: String,
@@ -106,18 +107,18 @@ pub enum Command {
     Cancel(IdsArgs),
     /// Restart experiments
     Restart(IdsArgs),
-    /// Stop experiments and delete them from the board
+    /// Stop experiments and delete them from the board (--agent)
     Rm(IdsArgs),
-    /// Start an experiment again when the board reboots, or not
+    /// Start an experiment again when the board reboots, or not (--agent)
     Autostart {
         /// The experiment's id
         id: String,
         /// on or off
         state: OnOff,
     },
-    /// Start every experiment whose autostart is on
+    /// Start every experiment whose autostart is on (--agent)
     StartAll,
-    /// Stop every running experiment
+    /// Stop every running experiment (--agent)
     StopAll,
     /// Print experiment state changes as they happen, until Ctrl-C (with a
     /// controller: its events of experiments)
@@ -140,7 +141,7 @@ pub enum Command {
     /// Switch a board's nvpmodel power mode
     #[command(override_usage = "fleetctl power [OPTIONS] [NODE] <MODE>")]
     Power(PowerArgs),
-    /// Turn jetson_clocks on or off on a board
+    /// Turn jetson_clocks on or off on a board (--agent; the controller has no call for it yet)
     #[command(override_usage = "fleetctl clocks [OPTIONS] [NODE] <on|off>")]
     Clocks(ClocksArgs),
     /// The controller's scheduling policy (controller)

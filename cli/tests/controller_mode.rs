@@ -38,10 +38,12 @@ enum End {
 }
 
 /// What one WatchEvents call does: replay the log from the request's
-/// `from_seq`, at most up to `upto`, then end as `end`.
+/// `from_seq`, at most up to `upto`, send `live` as new events, then end
+/// as `end`.
 #[derive(Clone)]
 struct WatchScript {
     upto: Option<u64>,
+    live: Vec<v1::Event>,
     end: End,
 }
 
@@ -413,6 +415,7 @@ impl Controller for Stub {
         }
         let script = fleet.watch_scripts.pop_front().unwrap_or(WatchScript {
             upto: None,
+            live: Vec::new(),
             end: End::Hang,
         });
         let filter = req.filter.unwrap_or_default();
@@ -431,12 +434,12 @@ impl Controller for Stub {
                 .cloned()
                 .collect(),
         };
-        let end = if req.replay_only {
-            End::Close
-        } else {
-            script.end
-        };
-        Ok(Response::new(items(replay, end)))
+        if req.replay_only {
+            return Ok(Response::new(items(replay, End::Close)));
+        }
+        let mut all = replay;
+        all.extend(script.live);
+        Ok(Response::new(items(all, script.end)))
     }
 
     async fn list_nodes(
@@ -1059,10 +1062,12 @@ fn events_follow_resumes_after_a_broken_stream_without_repeats() {
     lab.stub.fleet().watch_scripts.extend([
         WatchScript {
             upto: Some(3),
+            live: Vec::new(),
             end: End::Fail(Status::unavailable("the controller is shutting down")),
         },
         WatchScript {
             upto: None,
+            live: Vec::new(),
             end: End::Hang,
         },
     ]);
@@ -1282,6 +1287,10 @@ jetson-03  ready     normal 51.0 °C  2.50  16.0/64.0 GiB  MAXN           1/4  m
         lab.stub.fleet().list_nodes.last().unwrap().names,
         vec!["jetson-01"]
     );
+    let v = lab.json(&["--node", "jetson-03", "node", "info"]);
+    assert_eq!(v["name"], "jetson-03");
+    assert_eq!(v["info"]["critical_c"], 85.0);
+    assert_eq!(v["experiments"], serde_json::json!(["a-run"]));
     let run = lab.run(&["node", "info", "jetson-77"]).expect_code(3);
     assert!(
         run.stderr.contains("knows no node \"jetson-77\""),
@@ -1304,12 +1313,22 @@ fn node_cordon_drain_label_and_power() {
         run.stdout,
         "cordoned jetson-03: nothing new is placed there; its experiment a-run will keep running\n"
     );
-    lab.run(&["node", "uncordon", "jetson-03"]).expect_code(0);
+    let v = lab.json(&["node", "cordon", "jetson-03"]);
+    assert_eq!(
+        (v["cordoned"].as_bool(), v["state"].as_str()),
+        (Some(true), Some("cordoned"))
+    );
+    let run = lab.run(&["node", "uncordon", "jetson-03"]).expect_code(0);
+    assert_eq!(run.stdout, "jetson-03 takes new work again\n");
     let run = lab.run(&["node", "uncordon", "jetson-02"]).expect_code(4);
     assert!(run.stderr.contains("it takes an admin"), "{}", run.stderr);
     assert_eq!(
         lab.stub.fleet().node_calls,
-        vec!["cordon jetson-03 fan", "uncordon jetson-03"]
+        vec![
+            "cordon jetson-03 fan",
+            "cordon jetson-03 ",
+            "uncordon jetson-03"
+        ]
     );
 
     let run = lab
@@ -1408,6 +1427,10 @@ fn policy_get_and_set() {
             "updated:       <time>",
         ]
     );
+    let v = lab.json(&["policy", "get"]);
+    assert_eq!(v["name"], "balanced");
+    assert_eq!(v["weights"]["spread"], 0.1);
+    assert_eq!(v["updated_by"], "config");
     // A partial change of the policy in effect keeps the other weights.
     let v = lab.json(&[
         "policy",
@@ -1450,19 +1473,34 @@ fn policy_get_and_set() {
 #[test]
 fn watch_follows_experiment_events_from_now() {
     let lab = Lab::start();
-    // Replayed only from a seq: `watch` starts from now, so this one is
-    // not shown; the script hands out a live stream that then fails hard.
+    // In the log already: `watch` starts from now, so it is not shown.
     lab.stub.phase_change(
         "a",
         v1::ExperimentPhase::Queued,
         v1::ExperimentPhase::Placing,
     );
+    // One new event, then the stream fails for a reason a reconnect cannot
+    // fix: exit 4 with the controller's message.
     lab.stub.fleet().watch_scripts.push_back(WatchScript {
         upto: None,
+        live: vec![v1::Event {
+            seq: 2,
+            timestamp_unix_us: T,
+            kind: v1::EventKind::PhaseChanged as i32,
+            experiment: "a".into(),
+            node: "jetson-03".into(),
+            from: v1::ExperimentPhase::Placing as i32,
+            to: v1::ExperimentPhase::Running as i32,
+            actor: "agent/jetson-03".into(),
+            ..Default::default()
+        }],
         end: End::Fail(Status::permission_denied("viewer certificate revoked")),
     });
     let run = lab.run(&["watch", "a"]).expect_code(4);
-    assert_eq!(run.stdout, "");
+    assert_eq!(
+        redact(&run.stdout),
+        "#2  <time>  phase-changed  a  jetson-03  placing → running  (by agent/jetson-03)\n"
+    );
     assert_eq!(run.stderr, "fleetctl: events: viewer certificate revoked\n");
     let req = lab.stub.fleet().watches[0].clone();
     assert_eq!(req.from_seq, None);

@@ -533,4 +533,58 @@ mod tests {
             "-  amnesiac-001  running  started"
         );
     }
+
+    #[test]
+    fn power_switches_for_people() {
+        let view = |node: Option<&str>, changed, reboot_required| PowerView {
+            node: node.map(str::to_owned),
+            mode: Some(crate::views::PowerModeView {
+                id: 2,
+                name: "MODE_30W".into(),
+            }),
+            changed,
+            reboot_required,
+        };
+        assert_eq!(
+            power_text(&view(None, true, false), "30W"),
+            "power mode is now MODE_30W (id 2)"
+        );
+        assert_eq!(
+            power_text(&view(Some("jetson-01"), true, true), "30W"),
+            "power mode of jetson-01 set to MODE_30W (id 2); it takes effect after the board reboots"
+        );
+        assert_eq!(
+            power_text(&view(None, false, true), "30W"),
+            "power mode MODE_30W (id 2) needs a reboot of the board; run again with --allow-reboot to switch"
+        );
+        let unnamed = PowerView {
+            mode: None,
+            ..view(None, false, false)
+        };
+        assert_eq!(power_text(&unnamed, "30W"), "power mode is already 30W");
+        assert_eq!(
+            serde_json::to_string(&view(Some("jetson-01"), true, false)).unwrap(),
+            r#"{"node":"jetson-01","mode":{"id":2,"name":"MODE_30W"},"changed":true,"reboot_required":false}"#
+        );
+    }
+
+    #[test]
+    fn node_info_reads_the_same_from_an_agent_and_a_controller() {
+        let node = crate::testing::node("jetson-01", v1::ThermalState::Critical, 88.0);
+        let view = NodeView::new(node.info.as_ref().unwrap(), node.telemetry.as_ref());
+        let lines = node_lines(&view, false);
+        assert_eq!(lines[0], "node:         jetson-01");
+        assert!(
+            lines.contains(&"thermal:      critical, hottest cpu-thermal at 88.0 °C".to_owned())
+        );
+        let zones = zone_table(view.telemetry.as_ref().unwrap(), 75.0, 85.0).render(None, true);
+        assert!(zones[1].contains("\x1b[31m88.0 °C\x1b[0m"), "{zones:?}");
+        // `node info --output json` keeps its flat shape: the board's
+        // fields, then `telemetry`.
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["node"], "jetson-01");
+        assert_eq!(json["warn_c"], 75.0);
+        assert_eq!(json["telemetry"]["thermal_state"], "critical");
+        assert_eq!(json.as_object().unwrap().len(), 16);
+    }
 }
