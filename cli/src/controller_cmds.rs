@@ -785,36 +785,12 @@ async fn each_id(
     };
     let mut errors = Vec::new();
     let mut experiments = Vec::new();
-    for id in &args.ids {
-        let id = id.clone();
+    for wanted in &args.ids {
+        let (id, reason) = (wanted.clone(), reason.clone());
         let result = match action {
-            Action::Stop => {
-                let reason = reason.clone();
-                client
-                    .stop(v1::StopRequest {
-                        id: id.clone(),
-                        reason,
-                    })
-                    .await
-            }
-            Action::Cancel => {
-                let reason = reason.clone();
-                client
-                    .cancel(v1::CancelRequest {
-                        id: id.clone(),
-                        reason,
-                    })
-                    .await
-            }
-            Action::Restart => {
-                let reason = reason.clone();
-                client
-                    .restart(v1::RestartRequest {
-                        id: id.clone(),
-                        reason,
-                    })
-                    .await
-            }
+            Action::Stop => client.stop(v1::StopRequest { id, reason }).await,
+            Action::Cancel => client.cancel(v1::CancelRequest { id, reason }).await,
+            Action::Restart => client.restart(v1::RestartRequest { id, reason }).await,
         };
         match result {
             Ok(e) => {
@@ -829,7 +805,7 @@ async fn each_id(
                 }
                 experiments.push(view);
             }
-            Err(s) => errors.push(CliError::rpc(format!("{verb} \"{id}\""), s)),
+            Err(s) => errors.push(CliError::rpc(format!("{verb} \"{wanted}\""), s)),
         }
     }
     if out.is_json() {

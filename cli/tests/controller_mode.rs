@@ -872,6 +872,18 @@ fn ps_sends_the_filters_and_reads_every_page() {
         req.labels.get("model").map(String::as_str),
         Some("agx-orin")
     );
+    drop(fleet);
+
+    // A node from FLEET_NODE filters too; a context's `node` (the board of
+    // an agent context) does not.
+    common::run(lab.home.command().arg("ps").env("FLEET_NODE", "jetson-01")).expect_code(0);
+    assert_eq!(lab.stub.fleet().lists.last().unwrap().node, "jetson-01");
+    let config = lab.home.path(".config/fleet/fleetctl.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("node = \"jetson-09\"\n");
+    std::fs::write(&config, text).unwrap();
+    lab.run(&["ps"]).expect_code(0);
+    assert_eq!(lab.stub.fleet().lists.last().unwrap().node, "");
 }
 
 #[test]
@@ -1024,7 +1036,16 @@ SEQ  TIME                 KIND           EXPERIMENT  NODE       BY         DETAI
     assert_eq!((req.from_seq, req.replay_only), (Some(1), true));
 
     let run = lab
-        .run(&["events", "a", "--since", "1", "-o", "json"])
+        .run(&[
+            "events",
+            "a",
+            "--since",
+            "1",
+            "--node",
+            "jetson-03",
+            "-o",
+            "json",
+        ])
         .expect_code(0);
     let lines: Vec<serde_json::Value> = run
         .stdout
@@ -1037,7 +1058,9 @@ SEQ  TIME                 KIND           EXPERIMENT  NODE       BY         DETAI
     assert_eq!(lines[0]["to"], "placing");
     let req = lab.stub.fleet().watches[1].clone();
     assert_eq!(req.from_seq, Some(2));
-    assert_eq!(req.filter.unwrap().experiments, vec!["a"]);
+    let filter = req.filter.unwrap();
+    assert_eq!(filter.experiments, vec!["a"]);
+    assert_eq!(filter.nodes, vec!["jetson-03"]);
 
     // A sequence number the log no longer keeps: what to do, exit 1.
     let run = lab
