@@ -29,6 +29,36 @@ documented() {
     sed -n 's/^ *\(\/[^ ]*\).*/\1/p' | sort
 }
 
+# Installs the package into a scratch root with dpkg, upgrades it to a copy
+# with a higher version, and purges it: the maintainer scripts run as dpkg
+# runs them (chrootless, DPKG_ROOT set), and touch nothing outside that root.
+# After the purge only the system users' databases may remain (Debian keeps
+# system users).
+dpkg_cycle() {
+  local p=$1 deb=$2 root next
+  root=$(mktemp -d)
+  next=$(mktemp -d)
+  mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/etc"
+  touch "$root/var/lib/dpkg/status"
+  echo "# R36 (release), REVISION: 4.3" >"$root/etc/nv_tegra_release"
+  dpkg-deb -R "$deb" "$next/pkg"
+  sed -i 's/^Version: \(.*\)$/Version: \1+next/' "$next/pkg/DEBIAN/control"
+  dpkg-deb -b -Zgzip "$next/pkg" "$next/next.deb" >/dev/null
+  local dpkg=(dpkg --root="$root" --force-script-chrootless --force-not-root --force-depends)
+  if "${dpkg[@]}" -i "$deb" >"$next/log" 2>&1 &&
+    "${dpkg[@]}" -i "$next/next.deb" >>"$next/log" 2>&1 &&
+    "${dpkg[@]}" -P "$p" >>"$next/log" 2>&1 &&
+    ! find "$root" -path "$root/var/lib/dpkg" -prune -o -type f -print |
+    grep -qvE '/etc/(nv_tegra_release|passwd|group|shadow|gshadow|\.pwd\.lock)$'; then
+    echo "$p: installs, upgrades and purges cleanly with dpkg"
+    rm -rf "$root" "$next"
+  else
+    cat "$next/log" >&2
+    echo "build-debs: $p did not install, upgrade and purge cleanly; left in $root" >&2
+    return 1
+  fi
+}
+
 out=target/debian
 mkdir -p "$out"
 failed=0
@@ -53,5 +83,7 @@ for p in "${packages[@]}"; do
     echo "$p: contents match docs/operations.md"
   fi
   dpkg-deb --info "$deb" | sed -n 's/^ \(Package\|Version\|Architecture\|Depends\):/  \1:/p'
+  sha256sum "$deb" | sed 's/^/  sha256: /'
+  dpkg_cycle "$p" "$deb" || failed=1
 done
 exit "$failed"
