@@ -593,3 +593,143 @@ async fn upgrading_the_agent_package_restarts_the_agent_and_no_experiment() {
 
     bed.shutdown().await.expect("teardown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_under_its_shipped_unit_and_restarts_without_touching_experiments() {
+    let Some(mut bed) = Testbed::new("agent-unit").await else {
+        return;
+    };
+    let board = bed.add_board("agent-unit").await.expect("board");
+    let pki = fleet_testbed::pki::TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let certs = pki.agent(board.name()).expect("agent certificate");
+    let state_dir = board.dir().join("agent-state");
+    let config = board.dir().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "node = {node:?}\nlisten = \"127.0.0.1:0\"\nsystemd = \"user\"\nstate_dir = {state:?}\n\
+             unit_dir = {unit:?}\nruntime_unit_dir = {runtime:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            node = board.name(),
+            state = state_dir,
+            unit = board.unit_dir(),
+            runtime = board.runtime_unit_dir(),
+            ca = certs.ca,
+            cert = certs.cert,
+            key = certs.key,
+        ),
+    )
+    .unwrap();
+
+    // The unit as the installer installs it, with a drop-in for the board:
+    // its binary and config, the board's unit directories instead of
+    // /etc/systemd/system and /run/systemd/system, the board's bus, and a
+    // 2 s watchdog so that a main loop that does not feed it shows at once.
+    let staged = staged_agent_install();
+    fs::copy(
+        staged
+            .path()
+            .join("usr/local/lib/systemd/system/fleet-agent.service"),
+        board.unit_dir().join("fleet-agent.service"),
+    )
+    .unwrap();
+    let dropin = board.unit_dir().join("fleet-agent.service.d");
+    fs::create_dir_all(&dropin).unwrap();
+    fs::write(
+        dropin.join("50-testbed.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={bin} --config {config}\n\
+             ReadWritePaths=\nReadWritePaths={unit} {runtime} {state} /sys/devices\n\
+             Environment=DBUS_SESSION_BUS_ADDRESS={bus}\nWatchdogSec=2s\n",
+            bin = workspace_bin("fleet-agent", "fleet-agent").display(),
+            config = config.display(),
+            unit = board.unit_dir().display(),
+            runtime = board.runtime_unit_dir().display(),
+            state = {
+                fs::create_dir_all(&state_dir).unwrap();
+                state_dir.display()
+            },
+            bus = board.bus_address(),
+        ),
+    )
+    .unwrap();
+
+    // An experiment that is running before the agent starts.
+    drop_in(
+        &board.runtime_unit_dir(),
+        "steady",
+        "ExecStart=\nExecStart=/bin/sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.1; done'\n",
+    );
+    systemctl(&board, &["daemon-reload"]).await;
+    systemctl(&board, &["start", &unit("steady")]).await;
+    let experiment = wait_unit(&board, &unit("steady"), "to run", is_running).await;
+
+    // Type=notify: start returns once the agent said READY=1, after binding
+    // its listener.
+    systemctl(&board, &["start", "fleet-agent.service"]).await;
+    let agent = wait_unit(&board, "fleet-agent.service", "to run", is_running).await;
+    assert!(state_dir.join("listen-addr").exists());
+    let props = board
+        .unit_properties(
+            "fleet-agent.service",
+            &["Type", "WatchdogUSec", "Restart", "NotifyAccess"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(props["Type"], "notify");
+    assert_eq!(props["WatchdogUSec"], "2s");
+    assert_eq!(props["Restart"], "always");
+    wait_logged(&board, "fleet-agent", "serving mTLS gRPC").await;
+
+    // The main loop feeds the watchdog: after several watchdog periods the
+    // same process still runs. (Nothing is supposed to happen, so this waits
+    // for a fixed time.)
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let fed = wait_unit(&board, "fleet-agent.service", "to run", is_running).await;
+    assert_eq!(
+        fed["MainPID"], agent["MainPID"],
+        "the watchdog killed the agent"
+    );
+    assert_eq!(fed["NRestarts"], "0");
+
+    // ExecReload: SIGHUP reloads the certificates in the same process.
+    systemctl(&board, &["reload", "fleet-agent.service"]).await;
+    wait_logged(&board, "fleet-agent", "reloaded certificates").await;
+    let reloaded = wait_unit(&board, "fleet-agent.service", "to run", is_running).await;
+    assert_eq!(reloaded["MainPID"], agent["MainPID"]);
+
+    // A restart, and a kill -9 that Restart=always answers: the agent comes
+    // back, the experiment never noticed.
+    systemctl(&board, &["restart", "fleet-agent.service"]).await;
+    let restarted = wait_unit(&board, "fleet-agent.service", "to run", is_running).await;
+    assert_ne!(restarted["MainPID"], agent["MainPID"]);
+    systemctl(&board, &["kill", "--signal=SIGKILL", "fleet-agent.service"]).await;
+    let revived = wait_unit(&board, "fleet-agent.service", "to come back", |p| {
+        is_running(p) && p["NRestarts"] == "1"
+    })
+    .await;
+    assert_ne!(revived["MainPID"], restarted["MainPID"]);
+    let after = wait_unit(&board, &unit("steady"), "to keep running", is_running).await;
+    assert_eq!(after["MainPID"], experiment["MainPID"]);
+    assert_eq!(after["InvocationID"], experiment["InvocationID"]);
+
+    systemctl(&board, &["stop", "fleet-agent.service"]).await;
+    bed.shutdown().await.expect("teardown");
+}
+
+/// Waits until a line logged under `identifier` contains `text`.
+async fn wait_logged(board: &Board, identifier: &str, text: &str) {
+    wait_for(
+        format!("{text:?} in a line under {identifier}"),
+        DEADLINE,
+        || async move {
+            let lines = board.journal_lines(identifier).await?;
+            Ok(if lines.iter().any(|l| l.contains(text)) {
+                Check::Ready(())
+            } else {
+                Check::not_yet(format!("{lines:?}"))
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
