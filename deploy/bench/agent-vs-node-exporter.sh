@@ -90,7 +90,7 @@ echo "starting prometheus-node-exporter on 127.0.0.1:$port…"
 exporter_pid=$!
 pids+=("$exporter_pid")
 for _ in $(seq 1 50); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$port/metrics" && break
+  curl -fs -o /dev/null "http://127.0.0.1:$port/metrics" && break
   sleep 0.2
 done
 
