@@ -1,0 +1,728 @@
+//! The reconciler: one task that owns every decision. It runs on a tick,
+//! when poked, and on each report from an agent link; it re-reads stored
+//! state and decides idempotently.
+//!
+//! - what the agents say → experiment phases and run records;
+//! - silent nodes → unreachable (experiments `unknown`), then lost
+//!   (experiments requeued with a new epoch elsewhere);
+//! - a returning node or a restarted controller → adopt what runs with the
+//!   current epoch, stop stale copies, requeue what vanished;
+//! - the queue → placements (each with a new epoch, flushed) → dispatch.
+//!
+//! **Invariant.** Nothing that runs with the current epoch is ever
+//! restarted by the controller.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_proto::spec::{ExperimentId, NodeName};
+use fleet_proto::v1::{self, ExperimentState};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::links::{Links, Report};
+use crate::model::{
+    Disruption, EventKind, Failure, NewEvent, Phase, RunEnd, RunObservation, RunOutcome, RunStart,
+};
+use crate::scheduler::{self, Link, ModeInfo, NodeView, Policy};
+use crate::store::{ExperimentRecord, Store, StoreError, Transition};
+
+const ACTOR: &str = "controller";
+
+/// Why the controller stopped an experiment; kept in the phase reason so a
+/// restarted controller knows what a `stopped` report means.
+pub const REASON_CANCEL: &str = "cancel: ";
+pub const REASON_STOP: &str = "stop: ";
+pub const REASON_DRAIN: &str = "requeue: drained";
+pub const REASON_RESTART: &str = "requeue: restart";
+
+pub struct Settings {
+    pub heartbeat: Duration,
+    pub lost_after: Duration,
+    pub tick: Duration,
+    pub slots_per_node: u32,
+}
+
+/// Results of calls the reconciler made without waiting.
+#[derive(Debug)]
+pub enum Done {
+    Started {
+        id: ExperimentId,
+        node: String,
+        epoch: u64,
+        result: Result<v1::ExperimentStatus, tonic::Status>,
+    },
+}
+
+pub struct Reconciler {
+    store: Store,
+    links: Arc<Links>,
+    settings: Settings,
+    poke: Arc<Notify>,
+    done_tx: mpsc::Sender<Done>,
+    started: Instant,
+    /// Nodes already reported unreachable / lost, so each is said once.
+    said_unreachable: BTreeSet<String>,
+    said_lost: BTreeSet<String>,
+    /// Dispatches in flight, so a pass does not dispatch twice.
+    in_flight: BTreeSet<(String, u64)>,
+}
+
+fn failure_of(st: &v1::ExperimentStatus) -> Option<Failure> {
+    use v1::FailureReason as F;
+    match st.failure() {
+        F::None => None,
+        F::ExitCode => Some(Failure::ExitCode),
+        F::Signal => Some(Failure::Signal),
+        F::OomKill => Some(Failure::OomKill),
+        F::Timeout => Some(Failure::Timeout),
+        F::StartLimit => Some(Failure::StartLimit),
+        F::CoreDump => Some(Failure::CoreDump),
+        F::Resources => Some(Failure::Resources),
+        F::Other => Some(Failure::Other),
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        links: Arc<Links>,
+        settings: Settings,
+        poke: Arc<Notify>,
+    ) -> (Self, mpsc::Receiver<Done>) {
+        let (done_tx, done_rx) = mpsc::channel(1024);
+        (
+            Reconciler {
+                store,
+                links,
+                settings,
+                poke,
+                done_tx,
+                started: Instant::now(),
+                said_unreachable: BTreeSet::new(),
+                said_lost: BTreeSet::new(),
+                in_flight: BTreeSet::new(),
+            },
+            done_rx,
+        )
+    }
+
+    pub async fn run(
+        mut self,
+        mut reports: mpsc::Receiver<Report>,
+        mut done: mpsc::Receiver<Done>,
+    ) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let poke = self.poke.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = poke.notified() => {}
+                Some(r) = reports.recv() => self.on_report(r).await,
+                Some(d) = done.recv() => self.on_done(d).await,
+            }
+            // Drain whatever else arrived, then decide once.
+            while let Ok(r) = reports.try_recv() {
+                self.on_report(r).await;
+            }
+            while let Ok(d) = done.try_recv() {
+                self.on_done(d).await;
+            }
+            if let Err(e) = self.health().await {
+                tracing::error!(error = %e, "node health pass failed");
+            }
+            if let Err(e) = self.schedule().await {
+                tracing::error!(error = %e, "scheduling pass failed");
+            }
+        }
+    }
+
+    /// What the scheduler sees of every node.
+    pub fn views(store: &Store, links: &Links, s: &Settings) -> Result<Vec<NodeView>, StoreError> {
+        let now = Instant::now();
+        let live = links.all_live();
+        let experiments = store.experiments()?;
+        let config = crate::live::ViewConfig {
+            slots_per_node: s.slots_per_node,
+        };
+        Ok(store
+            .nodes()?
+            .into_iter()
+            .map(|n| {
+                let l = live.get(n.name.as_str()).map(|l| node_live(l, now, s));
+                crate::wire::node_view(&n, l.as_ref(), &experiments, &config)
+            })
+            .collect())
+    }
+
+    async fn schedule(&mut self) -> Result<(), StoreError> {
+        let pending = self.store.pending()?;
+        if pending.is_empty() {
+            return self.redispatch_placing().await;
+        }
+        let views = Self::views(&self.store, &self.links, &self.settings)?;
+        let policy = self.store.policy()?.map(|p| p.policy).unwrap_or_default();
+        let decisions = scheduler::plan(&pending, &views, &policy);
+        let switches: HashMap<ExperimentId, ModeInfo> = decisions
+            .iter()
+            .filter_map(|d| match &d.outcome {
+                scheduler::Outcome::Placed {
+                    switch_to: Some(m), ..
+                } => Some((d.experiment.clone(), m.clone())),
+                _ => None,
+            })
+            .collect();
+        for placed in self
+            .store
+            .record_pass(&decisions)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            let id = placed.record.id.clone();
+            let node = placed.record.node.clone().expect("placed on a node");
+            self.dispatch(id.clone(), node, placed.epoch, switches.get(&id).cloned());
+        }
+        self.redispatch_placing().await
+    }
+
+    /// Experiments placed but not confirmed started (a controller killed
+    /// between placement and start): the start is idempotent per epoch.
+    async fn redispatch_placing(&mut self) -> Result<(), StoreError> {
+        for rec in self.store.experiments()? {
+            if rec.phase != Phase::Placing {
+                continue;
+            }
+            let Some(node) = rec.node.clone() else {
+                continue;
+            };
+            let fresh = self.links.live(node.as_str()).is_some_and(|l| l.connected);
+            if fresh {
+                self.dispatch(rec.id.clone(), node, rec.epoch, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, id: ExperimentId, node: NodeName, epoch: u64, switch: Option<ModeInfo>) {
+        let key = (id.as_str().to_owned(), epoch);
+        if self.in_flight.contains(&key) {
+            return;
+        }
+        let Some(mut client) = self.links.client(node.as_str()) else {
+            return;
+        };
+        let Ok(Some(spec)) = self.store.spec(&id) else {
+            return;
+        };
+        self.in_flight.insert(key);
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            if let Some(mode) = switch {
+                if let Err(e) = client
+                    .set_power_mode(v1::SetPowerModeRequest {
+                        mode: mode.id.to_string(),
+                        allow_reboot: false,
+                    })
+                    .await
+                {
+                    tracing::warn!(experiment = %id.as_str(), node = %node.as_str(), error = %e.message(), "power mode switch before start failed");
+                }
+            }
+            let result = client
+                .start_experiment(v1::StartExperimentRequest {
+                    spec: Some(spec.to_proto()),
+                    epoch,
+                })
+                .await
+                .map(|r| r.into_inner());
+            let _ = done
+                .send(Done::Started {
+                    id,
+                    node: node.as_str().to_owned(),
+                    epoch,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    async fn on_done(&mut self, d: Done) {
+        let Done::Started {
+            id,
+            node,
+            epoch,
+            result,
+        } = d;
+        self.in_flight.remove(&(id.as_str().to_owned(), epoch));
+        let outcome = match result {
+            Ok(status) => self.apply(&node, &status).await,
+            Err(status) => {
+                let rec = match self.store.experiment(&id) {
+                    Ok(Some(r)) if r.epoch == epoch && r.phase == Phase::Placing => r,
+                    _ => return,
+                };
+                // Bad input is final; a refusal (heat, a newer epoch, a
+                // board that went away) sends it back to the queue.
+                let to = if status.code() == tonic::Code::InvalidArgument {
+                    Phase::Failed
+                } else {
+                    Phase::Queued
+                };
+                let msg = format!("{node} did not start it: {}", status.message());
+                let t = Transition::new(id, rec.phase, to, ACTOR, msg.clone())
+                    .fenced(epoch)
+                    .end_run(RunEnd::new(RunOutcome::StartFailed, msg));
+                self.store.transition(&t).await.map(drop)
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "recording a start failed");
+        }
+    }
+
+    async fn on_report(&mut self, r: Report) {
+        let result = match r {
+            Report::Connected { node, experiments } => self.reconcile(&node, experiments).await,
+            Report::Status { node, status } => self.apply(&node, &status).await,
+            Report::NodeEvent { node, event } => self.node_event(&node, event).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "handling an agent report failed");
+        }
+    }
+
+    async fn node_event(&mut self, node: &str, event: v1::NodeEvent) -> Result<(), StoreError> {
+        let Ok(name) = NodeName::new(node) else {
+            return Ok(());
+        };
+        let (kind, message) = match event.kind {
+            Some(v1::node_event::Kind::Thermal(t)) => (
+                EventKind::NodeThermalChanged,
+                format!(
+                    "thermal {:?} → {:?}: zone {} at {:.1} °C; {}",
+                    t.from(),
+                    t.to(),
+                    t.zone,
+                    t.celsius.unwrap_or(f64::NAN),
+                    t.action
+                )
+                .to_lowercase(),
+            ),
+            Some(v1::node_event::Kind::PowerMode(p)) => (
+                EventKind::NodePowerModeChanged,
+                format!(
+                    "power mode → {} ({})",
+                    p.to.map(|m| m.name).unwrap_or_default(),
+                    p.reason
+                ),
+            ),
+            _ => return Ok(()),
+        };
+        self.store
+            .append_event(NewEvent::new(kind, format!("agent/{node}"), message).node(name))
+            .await
+            .map(drop)
+    }
+
+    /// A (re)connected agent: adopt, stop stale copies, requeue what vanished.
+    async fn reconcile(
+        &mut self,
+        node: &str,
+        on_board: Vec<v1::ExperimentStatus>,
+    ) -> Result<(), StoreError> {
+        self.said_unreachable.remove(node);
+        self.said_lost.remove(node);
+        if let Ok(name) = NodeName::new(node) {
+            self.store
+                .append_event(
+                    NewEvent::new(EventKind::NodeConnected, ACTOR, format!("{node} connected"))
+                        .node(name),
+                )
+                .await?;
+        }
+        let mut seen = BTreeSet::new();
+        for st in &on_board {
+            seen.insert(st.id.clone());
+            self.apply(node, st).await?;
+        }
+        for rec in self.store.experiments()? {
+            let here = rec.node.as_ref().is_some_and(|n| n.as_str() == node);
+            if !here || !rec.phase.holds_node() || seen.contains(rec.id.as_str()) {
+                continue;
+            }
+            match rec.phase {
+                Phase::Placing => self.dispatch(
+                    rec.id.clone(),
+                    rec.node.clone().expect("here"),
+                    rec.epoch,
+                    None,
+                ),
+                Phase::Stopping => {
+                    // It is gone: the stop is done.
+                    self.finish_stop(&rec, None).await?;
+                }
+                _ => {
+                    let t = Transition::new(
+                        rec.id.clone(),
+                        rec.phase,
+                        self.disrupted_to(&rec),
+                        ACTOR,
+                        format!("vanished from {node}"),
+                    )
+                    .fenced(rec.epoch)
+                    .end_run(RunEnd::disrupted(
+                        Disruption::NodeLost,
+                        format!("vanished from {node}"),
+                    ));
+                    self.store.transition(&t).await?;
+                }
+            }
+        }
+        self.poke.notify_one();
+        Ok(())
+    }
+
+    fn disrupted_to(&self, rec: &ExperimentRecord) -> Phase {
+        if rec.requeue_on_disruption {
+            Phase::Queued
+        } else {
+            Phase::Failed
+        }
+    }
+
+    /// Stops a copy the fleet no longer wants on `node`.
+    fn stop_stale(&self, node: &str, id: &str, epoch: u64) {
+        let Some(mut client) = self.links.client(node) else {
+            return;
+        };
+        tracing::warn!(%node, experiment = %id, epoch, "stopping a stale copy");
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = client
+                .stop_experiment(v1::ExperimentRef { id: id.clone() })
+                .await
+            {
+                tracing::warn!(experiment = %id, error = %e.message(), "stopping a stale copy failed");
+            }
+        });
+    }
+
+    /// What an agent says about one experiment, applied to its record.
+    async fn apply(&mut self, node: &str, st: &v1::ExperimentStatus) -> Result<(), StoreError> {
+        let Ok(id) = ExperimentId::new(st.id.clone()) else {
+            return Ok(());
+        };
+        let active = matches!(
+            st.state(),
+            ExperimentState::Starting
+                | ExperimentState::Running
+                | ExperimentState::Restarting
+                | ExperimentState::Stopping
+        );
+        let Some(rec) = self.store.experiment(&id)? else {
+            if active {
+                self.stop_stale(node, &st.id, st.epoch);
+            }
+            return Ok(());
+        };
+        let ours = rec.node.as_ref().is_some_and(|n| n.as_str() == node) && rec.epoch == st.epoch;
+        if !ours {
+            if active {
+                self.stop_stale(node, &st.id, st.epoch);
+            }
+            return Ok(());
+        }
+        let live = self.links.live(node);
+        let sample = live.as_ref().and_then(|l| l.sample.as_ref());
+        match st.state() {
+            ExperimentState::Starting | ExperimentState::Running | ExperimentState::Restarting => {
+                let mut rec = rec;
+                if matches!(rec.phase, Phase::Placing | Phase::Unknown | Phase::Starting) {
+                    let to = if st.state() == ExperimentState::Running {
+                        Phase::Running
+                    } else {
+                        Phase::Starting
+                    };
+                    if to != rec.phase {
+                        let mut t =
+                            Transition::new(id.clone(), rec.phase, to, ACTOR, "").fenced(rec.epoch);
+                        if rec.open_run().is_none() {
+                            t = t.start_run(run_start(live.as_ref()));
+                        }
+                        rec = self.store.transition(&t).await?.record;
+                    }
+                }
+                if rec.open_run().is_some() {
+                    let warn = live
+                        .as_ref()
+                        .and_then(|l| l.info.as_ref())
+                        .map(|i| i.warn_c)
+                        .unwrap_or(f64::INFINITY);
+                    let hottest = sample.and_then(|s| s.hottest_c);
+                    self.store
+                        .observe_run(
+                            &id,
+                            rec.epoch,
+                            RunObservation {
+                                crashes: Some(u64::from(st.restarts)),
+                                peak_temp_c: hottest,
+                                throttled: hottest.is_some_and(|h| h >= warn),
+                            },
+                            &format!("agent/{node}"),
+                        )
+                        .await?;
+                }
+            }
+            ExperimentState::Succeeded | ExperimentState::Failed => {
+                if !rec.phase.holds_node() {
+                    return Ok(());
+                }
+                let (outcome, to) = if st.state() == ExperimentState::Succeeded {
+                    (RunOutcome::Succeeded, Phase::Succeeded)
+                } else {
+                    (RunOutcome::Failed, Phase::Failed)
+                };
+                if rec.phase == Phase::Stopping {
+                    return self.finish_stop(&rec, Some(st)).await;
+                }
+                self.ensure_run(&rec, live.as_ref()).await?;
+                let mut end = RunEnd::new(outcome, st.failure_message.clone());
+                end.failure = failure_of(st);
+                end.exit_code = st.exit_code;
+                end.exit_signal = st.exit_signal;
+                let t = Transition::new(
+                    id,
+                    self.current_phase(&rec)?,
+                    to,
+                    format!("agent/{node}"),
+                    st.failure_message.clone(),
+                )
+                .fenced(rec.epoch)
+                .end_run(end);
+                self.store.transition(&t).await?;
+            }
+            ExperimentState::Stopped => {
+                if rec.phase.holds_node() {
+                    self.finish_stop(&rec, Some(st)).await?;
+                }
+            }
+            ExperimentState::Disrupted => {
+                if !rec.phase.holds_node() {
+                    return Ok(());
+                }
+                self.ensure_run(&rec, live.as_ref()).await?;
+                let msg = format!("stopped by {node}'s thermal guard");
+                let t = Transition::new(
+                    id,
+                    self.current_phase(&rec)?,
+                    self.disrupted_to(&rec),
+                    format!("agent/{node}"),
+                    msg.clone(),
+                )
+                .fenced(rec.epoch)
+                .end_run(RunEnd::disrupted(Disruption::Thermal, msg));
+                self.store.transition(&t).await?;
+                self.poke.notify_one();
+            }
+            ExperimentState::Stopping | ExperimentState::Unknown | ExperimentState::Unspecified => {
+            }
+        }
+        Ok(())
+    }
+
+    fn current_phase(&self, rec: &ExperimentRecord) -> Result<Phase, StoreError> {
+        Ok(self
+            .store
+            .experiment(&rec.id)?
+            .map(|r| r.phase)
+            .unwrap_or(rec.phase))
+    }
+
+    /// A run that ended before the controller saw it start still gets its
+    /// record.
+    async fn ensure_run(
+        &self,
+        rec: &ExperimentRecord,
+        live: Option<&crate::links::Live>,
+    ) -> Result<(), StoreError> {
+        if rec.open_run().is_some() || rec.phase != Phase::Placing {
+            return Ok(());
+        }
+        let t = Transition::new(rec.id.clone(), Phase::Placing, Phase::Starting, ACTOR, "")
+            .fenced(rec.epoch)
+            .start_run(run_start(live));
+        self.store.transition(&t).await.map(drop)
+    }
+
+    /// The end of a stop the controller asked for, by the reason it gave.
+    async fn finish_stop(
+        &self,
+        rec: &ExperimentRecord,
+        st: Option<&v1::ExperimentStatus>,
+    ) -> Result<(), StoreError> {
+        let rec = self
+            .store
+            .experiment(&rec.id)?
+            .unwrap_or_else(|| rec.clone());
+        let reason = rec.reason.clone();
+        let (to, end) = if reason.starts_with(REASON_CANCEL) {
+            (
+                Phase::Cancelled,
+                RunEnd::new(RunOutcome::Cancelled, reason.clone()),
+            )
+        } else if reason.starts_with(REASON_DRAIN) {
+            (
+                self.disrupted_to(&rec),
+                RunEnd::disrupted(Disruption::Drain, "drained".to_owned()),
+            )
+        } else if reason.starts_with(REASON_RESTART) {
+            (
+                Phase::Queued,
+                RunEnd::disrupted(Disruption::Restart, "restarted".to_owned()),
+            )
+        } else {
+            (
+                Phase::Stopped,
+                RunEnd::new(RunOutcome::Stopped, reason.clone()),
+            )
+        };
+        let mut end = end;
+        if let Some(st) = st {
+            end.exit_code = st.exit_code;
+            end.exit_signal = st.exit_signal;
+        }
+        if rec.open_run().is_none() && rec.phase == Phase::Placing {
+            self.ensure_run(&rec, None).await?;
+        }
+        let from = self.current_phase(&rec)?;
+        let t = Transition::new(rec.id.clone(), from, to, ACTOR, reason)
+            .fenced(rec.epoch)
+            .end_run(end);
+        self.store.transition(&t).await?;
+        self.poke.notify_one();
+        Ok(())
+    }
+
+    /// Unreachable and lost nodes.
+    async fn health(&mut self) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let live = self.links.all_live();
+        let grace = now.duration_since(self.started) < self.settings.lost_after;
+        for node in self.store.nodes()? {
+            let name = node.name.as_str().to_owned();
+            let l = live.get(&name).cloned().unwrap_or_default();
+            let link = l.link(now, self.settings.heartbeat, self.settings.lost_after);
+            let link = if link == Link::Down || (l.last_seen.is_none() && !grace) {
+                Link::Down
+            } else {
+                link
+            };
+            match link {
+                Link::Fresh => {}
+                Link::Stale => {
+                    if self.said_unreachable.insert(name.clone()) && l.last_seen.is_some() {
+                        self.store
+                            .append_event(
+                                NewEvent::new(
+                                    EventKind::NodeUnreachable,
+                                    ACTOR,
+                                    format!("{name} is silent; its experiments are unknown"),
+                                )
+                                .node(node.name.clone()),
+                            )
+                            .await?;
+                    }
+                    for id in &node.experiments {
+                        if let Some(rec) = self.store.experiment(id)? {
+                            if matches!(rec.phase, Phase::Running | Phase::Starting) {
+                                let t = Transition::new(
+                                    rec.id.clone(),
+                                    rec.phase,
+                                    Phase::Unknown,
+                                    ACTOR,
+                                    format!("{name} is unreachable"),
+                                )
+                                .fenced(rec.epoch);
+                                self.store.transition(&t).await?;
+                            }
+                        }
+                    }
+                }
+                Link::Down => {
+                    if self.said_lost.insert(name.clone()) {
+                        self.store
+                            .append_event(
+                                NewEvent::new(
+                                    EventKind::NodeLost,
+                                    ACTOR,
+                                    format!("{name} is lost; requeueing its experiments"),
+                                )
+                                .node(node.name.clone()),
+                            )
+                            .await?;
+                    }
+                    for id in &node.experiments {
+                        let Some(rec) = self.store.experiment(id)? else {
+                            continue;
+                        };
+                        if !rec.phase.holds_node() {
+                            continue;
+                        }
+                        let msg = format!("{name} is lost");
+                        let mut t = Transition::new(
+                            rec.id.clone(),
+                            rec.phase,
+                            self.disrupted_to(&rec),
+                            ACTOR,
+                            msg.clone(),
+                        )
+                        .fenced(rec.epoch);
+                        if rec.open_run().is_some() || rec.phase == Phase::Placing {
+                            t = t.end_run(RunEnd::disrupted(Disruption::NodeLost, msg));
+                        }
+                        if rec.phase == Phase::Placing && rec.open_run().is_none() {
+                            t.run = crate::store::RunChange::End(RunEnd::new(
+                                RunOutcome::StartFailed,
+                                format!("{name} was lost before it started"),
+                            ));
+                            t.to = Phase::Queued;
+                        }
+                        self.store.transition(&t).await?;
+                        self.poke.notify_one();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_start(live: Option<&crate::links::Live>) -> RunStart {
+    let now = Instant::now();
+    let far = Duration::from_secs(3600);
+    let settings = Settings {
+        heartbeat: far,
+        lost_after: far,
+        tick: far,
+        slots_per_node: 0,
+    };
+    crate::wire::run_start(live.map(|l| node_live(l, now, &settings)).as_ref())
+}
+
+/// The live state of a node as the wire and the scheduler take it.
+pub fn node_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::live::NodeLive {
+    crate::live::NodeLive {
+        link: l.link(now, s.heartbeat, s.lost_after),
+        last_seen_unix_us: l.last_seen_unix_us,
+        info: l.info.clone(),
+        sample: l.sample.clone(),
+    }
+}
+
+/// The default policy when none was ever set.
+pub fn policy_of(store: &Store) -> Result<Policy, StoreError> {
+    Ok(store.policy()?.map(|p| p.policy).unwrap_or_default())
+}

@@ -1,0 +1,646 @@
+//! End-to-end tests of the controller with three simulated boards: real
+//! systemd managers, real agents on simulated Jetson hardware, a real
+//! controller process and its sled file, mTLS everywhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use fleet_proto::identity::Role;
+use fleet_proto::v1::{self, controller_client::ControllerClient, ExperimentPhase};
+use fleet_testbed::agent::{AgentHandle, AgentOptions};
+use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
+use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
+use fleet_testbed::pki::TestPki;
+use fleet_testbed::poll::{wait_for, Check};
+use fleet_testbed::testbed::{Board, Testbed};
+use futures_util::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Fleet {
+    bed: Testbed,
+    boards: Vec<Board>,
+    sims: Vec<HwSim>,
+    agents: Vec<AgentHandle>,
+    pki: TestPki,
+    ctl: ControllerHandle,
+    admin: ControllerClient<Channel>,
+}
+
+async fn fleet(name: &str, net: u8, opts: ControllerOptions) -> Option<Fleet> {
+    let mut bed = Testbed::new(name).await?;
+    let names: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let boards = bed.add_boards(&refs).await.expect("boards");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let mut sims = Vec::new();
+    let mut agents = Vec::new();
+    for (i, b) in boards.iter().enumerate() {
+        let sim = HwSim::install(b, Fixture::AgxOrinR36, ThermalParams::bounded(40.0, 60.0))
+            .expect("hwsim");
+        let options = AgentOptions {
+            hardware: Some(sim.clone()),
+            guard_toml: Some("[guard]\ncooldown_s = 1\n".into()),
+            sampling_ms: Some(200),
+            ..Default::default()
+        };
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, net, i as u8 + 1));
+        agents.push(
+            AgentHandle::start_with(b, &pki, ip, options)
+                .await
+                .expect("agent"),
+        );
+        sims.push(sim);
+    }
+    let refs: Vec<&AgentHandle> = agents.iter().collect();
+    let ctl = ControllerHandle::start(
+        &bed.dir().join("controller"),
+        &pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, net, 100)),
+        &refs,
+        &opts,
+    )
+    .await
+    .expect("controller");
+    let admin = ctl.client(&pki, Role::Admin).await.expect("admin");
+    let f = Fleet {
+        bed,
+        boards,
+        sims,
+        agents,
+        pki,
+        ctl,
+        admin,
+    };
+    f.wait_connected().await;
+    Some(f)
+}
+
+fn sh(id: &str, script: &str) -> v1::ExperimentSpec {
+    v1::ExperimentSpec {
+        id: id.into(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        lifecycle: Some(v1::Lifecycle {
+            stop_timeout: "5s".into(),
+            restart_delay: "200ms".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+const FOREVER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+impl Fleet {
+    async fn wait_connected(&self) {
+        wait_for("every node connected", DEADLINE, || {
+            let mut c = self.admin.clone();
+            async move {
+                let nodes = c
+                    .list_nodes(v1::ListNodesRequest::default())
+                    .await?
+                    .into_inner()
+                    .nodes;
+                let states: Vec<_> = nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.connection(), n.telemetry.is_some()))
+                    .collect();
+                let ok = nodes.len() == 3
+                    && nodes.iter().all(|n| {
+                        n.connection() == v1::NodeConnection::Connected && n.telemetry.is_some()
+                    });
+                Ok(if ok {
+                    Check::Ready(())
+                } else {
+                    Check::not_yet(format!("{states:?}"))
+                })
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    async fn submit(&self, spec: v1::ExperimentSpec) -> Result<v1::SubmitResponse, tonic::Status> {
+        self.admin
+            .clone()
+            .submit(v1::SubmitRequest {
+                spec: Some(spec),
+                dry_run: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn get(&self, id: &str) -> v1::Experiment {
+        self.admin
+            .clone()
+            .get(v1::GetRequest { id: id.into() })
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
+    async fn wait(
+        &self,
+        id: &str,
+        what: &str,
+        ok: impl Fn(&v1::Experiment) -> bool,
+    ) -> v1::Experiment {
+        wait_for(what, DEADLINE, || {
+            let ok = &ok;
+            async move {
+                let e = self.get(id).await;
+                Ok(if ok(&e) {
+                    Check::Ready(e)
+                } else {
+                    Check::not_yet(format!(
+                        "{:?} on {:?} epoch {} reason {:?} runs {}",
+                        e.phase(),
+                        e.node,
+                        e.epoch,
+                        e.reason,
+                        e.runs.len()
+                    ))
+                })
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn index_of(&self, node: &str) -> usize {
+        self.boards
+            .iter()
+            .position(|b| b.name() == node)
+            .expect("a board")
+    }
+
+    /// Every experiment active on each board, from the agents themselves.
+    async fn on_boards(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for a in &self.agents {
+            let mut c = a.client(&self.pki, Role::Viewer).await.expect("agent");
+            for st in c
+                .list_experiments(v1::ListExperimentsRequest {})
+                .await
+                .expect("list")
+                .into_inner()
+                .experiments
+            {
+                if matches!(
+                    st.state(),
+                    v1::ExperimentState::Running
+                        | v1::ExperimentState::Starting
+                        | v1::ExperimentState::Restarting
+                ) {
+                    out.entry(st.id).or_default().push(a.node.clone());
+                }
+            }
+        }
+        out
+    }
+
+    async fn finish(self) {
+        drop(self.ctl);
+        drop(self.agents);
+        self.bed.shutdown().await.expect("teardown");
+    }
+}
+
+fn running(e: &v1::Experiment) -> bool {
+    e.phase() == ExperimentPhase::Running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_avoids_hot_and_busy_boards_and_explains_why() {
+    let opts = ControllerOptions {
+        slots_per_node: 1,
+        ..Default::default()
+    };
+    let Some(f) = fleet("place", 20, opts).await else {
+        return;
+    };
+    let hot = f.boards[0].name().to_owned();
+    let busy = f.boards[1].name().to_owned();
+    let free = f.boards[2].name().to_owned();
+    // Hot: above warn (75) − margin (5), below warn so the agent still accepts.
+    for z in f.sims[0].zones() {
+        f.sims[0].set_zone(&z, 72.0).unwrap();
+    }
+    // Busy: its one slot taken by an experiment pinned there.
+    let mut pinned = sh("occupant", FOREVER);
+    pinned.placement = Some(v1::Placement {
+        node: busy.clone(),
+        ..Default::default()
+    });
+    f.submit(pinned).await.unwrap();
+    let occ = f
+        .wait("occupant", "the pinned experiment to run", running)
+        .await;
+    assert_eq!(occ.node, busy);
+
+    // Wait until the controller sees the hot board as hot.
+    wait_for("the hot board's telemetry", DEADLINE, || async {
+        let nodes = f
+            .admin
+            .clone()
+            .list_nodes(v1::ListNodesRequest {
+                names: vec![hot.clone()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .nodes;
+        let t = nodes
+            .first()
+            .and_then(|n| n.telemetry.as_ref())
+            .and_then(|t| t.hottest_c);
+        Ok(if t.is_some_and(|t| t >= 71.0) {
+            Check::Ready(())
+        } else {
+            Check::not_yet(format!("{t:?}"))
+        })
+    })
+    .await
+    .unwrap();
+
+    f.submit(sh("mover", FOREVER)).await.unwrap();
+    let m = f.wait("mover", "the free experiment to run", running).await;
+    assert_eq!(m.node, free, "placed on the only cool, free board");
+
+    let why = f
+        .admin
+        .clone()
+        .explain(v1::ExplainRequest { id: "mover".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = why.last.expect("a recorded decision");
+    let verdict = |n: &str| {
+        last.nodes
+            .iter()
+            .find(|v| v.node == n)
+            .cloned()
+            .expect("verdict")
+    };
+    let h = verdict(&hot);
+    assert!(!h.fits, "{h:?}");
+    assert!(
+        h.reasons
+            .iter()
+            .any(|r| r.contains("°C") || r.contains("hot")),
+        "{h:?}"
+    );
+    let b = verdict(&busy);
+    assert!(!b.fits, "{b:?}");
+    assert!(b.reasons.iter().any(|r| r.contains("slot")), "{b:?}");
+    assert!(verdict(&free).fits);
+
+    // A label no board carries: it waits, and Explain says why for each.
+    let mut labelled = sh("choosy", FOREVER);
+    labelled.placement = Some(v1::Placement {
+        labels: HashMap::from([("rack".into(), "z".into())]),
+        ..Default::default()
+    });
+    f.submit(labelled).await.unwrap();
+    let why = wait_for("a decision for choosy", DEADLINE, || async {
+        let w = f
+            .admin
+            .clone()
+            .explain(v1::ExplainRequest {
+                id: "choosy".into(),
+            })
+            .await?
+            .into_inner();
+        Ok(w.last.clone().or(w.now.clone()).into())
+    })
+    .await
+    .unwrap();
+    assert!(
+        why.nodes
+            .iter()
+            .all(|v| !v.fits && v.reasons.iter().any(|r| r.contains("label"))),
+        "{why:?}"
+    );
+    assert_eq!(f.get("choosy").await.phase(), ExperimentPhase::Queued);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
+    let Some(mut f) = fleet("storm", 21, ControllerOptions::default()).await else {
+        return;
+    };
+    for i in 0..3 {
+        f.submit(sh(&format!("steady-{i}"), FOREVER)).await.unwrap();
+    }
+    let mut before = BTreeMap::new();
+    for i in 0..3 {
+        let id = format!("steady-{i}");
+        let e = f
+            .wait(&id, "steady to run", |e| {
+                running(e)
+                    && e.status
+                        .as_ref()
+                        .is_some_and(|s| !s.invocation_id.is_empty())
+            })
+            .await;
+        before.insert(id, e.status.unwrap().invocation_id);
+    }
+
+    // A storm of submissions with the controller killed twice in it.
+    let mut acknowledged = Vec::new();
+    for i in 0..60 {
+        if i == 20 || i == 40 {
+            f.ctl.kill9().await.unwrap();
+            f.ctl.restart().await.unwrap();
+            f.admin = f.ctl.client(&f.pki, Role::Admin).await.unwrap();
+        }
+        let id = format!("storm-{i:02}");
+        if f.submit(sh(&id, "sleep 1")).await.is_ok() {
+            acknowledged.push(id);
+        }
+    }
+    f.ctl.kill9().await.unwrap();
+    f.ctl.restart().await.unwrap();
+    f.admin = f.ctl.client(&f.pki, Role::Admin).await.unwrap();
+    let listed: Vec<String> = f
+        .admin
+        .clone()
+        .list(v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .experiments
+        .into_iter()
+        .map(|e| e.spec.map(|s| s.id).unwrap_or_default())
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            listed.contains(id),
+            "acknowledged {id} is missing after kill -9"
+        );
+    }
+    assert_eq!(acknowledged.len(), 60);
+
+    // Nothing runs twice at once, and what ran before runs on untouched.
+    for (id, nodes) in f.on_boards().await {
+        assert_eq!(nodes.len(), 1, "{id} runs on {nodes:?}");
+    }
+    f.wait_connected().await;
+    for (id, inv) in &before {
+        let e = f.get(id).await;
+        assert!(running(&e), "{id}: {:?}", e.phase());
+        assert_eq!(&e.status.unwrap().invocation_id, inv, "{id} was restarted");
+    }
+    // The storm drains: every one of them succeeds.
+    for id in &acknowledged {
+        f.wait(id, "a storm experiment to succeed", |e| {
+            e.phase() == ExperimentPhase::Succeeded
+        })
+        .await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_board_requeues_its_experiment_elsewhere_as_a_disruption() {
+    let Some(f) = fleet("critical", 22, ControllerOptions::default()).await else {
+        return;
+    };
+    f.submit(sh("nomad", FOREVER)).await.unwrap();
+    let first = f.wait("nomad", "nomad to run", running).await;
+    let i = f.index_of(&first.node);
+    for z in f.sims[i].zones() {
+        f.sims[i].set_zone(&z, 90.0).unwrap();
+    }
+    let moved = f
+        .wait("nomad", "nomad to run on another board", |e| {
+            running(e) && e.node != first.node
+        })
+        .await;
+    assert_eq!(moved.disruptions, 1, "{moved:?}");
+    assert_eq!(moved.crashes, 0, "{moved:?}");
+    assert_eq!(moved.runs.len(), 2);
+    assert_eq!(moved.runs[0].outcome(), v1::RunOutcome::Disrupted);
+    assert_eq!(moved.runs[0].disruption(), v1::Disruption::Thermal);
+    assert!(moved.epoch > first.epoch);
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_wait_lets_work_finish_and_drain_requeue_moves_it() {
+    let Some(f) = fleet("drain", 23, ControllerOptions::default()).await else {
+        return;
+    };
+    f.submit(sh("mover", FOREVER)).await.unwrap();
+    let a = f.wait("mover", "mover to run", running).await;
+    let r = f
+        .admin
+        .clone()
+        .drain(v1::DrainRequest {
+            node: a.node.clone(),
+            mode: v1::DrainMode::Requeue as i32,
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.experiments, vec!["mover".to_owned()]);
+    let b = f
+        .wait("mover", "mover to run elsewhere", |e| {
+            running(e) && e.node != a.node
+        })
+        .await;
+    assert_eq!(b.runs[0].disruption(), v1::Disruption::Drain);
+    assert_eq!(b.crashes, 0);
+
+    f.submit(sh("finisher", "sleep 2; echo done"))
+        .await
+        .unwrap();
+    let c = f.wait("finisher", "finisher to run", running).await;
+    f.admin
+        .clone()
+        .drain(v1::DrainRequest {
+            node: c.node.clone(),
+            mode: v1::DrainMode::Wait as i32,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    let done = f
+        .wait("finisher", "finisher to finish where it ran", |e| {
+            e.phase() == ExperimentPhase::Succeeded
+        })
+        .await;
+    assert_eq!(done.runs.len(), 1, "it was not moved: {done:?}");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_replays_from_the_start_then_follows() {
+    let Some(f) = fleet("events", 24, ControllerOptions::default()).await else {
+        return;
+    };
+    f.submit(sh("early", "true")).await.unwrap();
+    f.wait("early", "early to succeed", |e| {
+        e.phase() == ExperimentPhase::Succeeded
+    })
+    .await;
+    let mut stream = f
+        .admin
+        .clone()
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(0),
+            filter: None,
+            replay_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seqs = Vec::new();
+    let mut saw_early_submit = false;
+    let mut saw_late = false;
+    let late = tokio::time::timeout(DEADLINE, async {
+        let mut submitted_late = false;
+        while let Some(ev) = stream.next().await {
+            let ev = ev.unwrap();
+            seqs.push(ev.seq);
+            if ev.experiment == "early" && ev.kind() == v1::EventKind::Submitted {
+                saw_early_submit = true;
+            }
+            if ev.experiment == "late" {
+                saw_late = true;
+                break;
+            }
+            if saw_early_submit
+                && !submitted_late
+                && ev.experiment == "early"
+                && ev.message.contains("succeeded")
+            {
+                submitted_late = true;
+                f.submit(sh("late", "true")).await.unwrap();
+            }
+            if saw_early_submit && !submitted_late && seqs.len() > 3 {
+                submitted_late = true;
+                f.submit(sh("late", "true")).await.unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(late.is_ok(), "seqs {seqs:?}");
+    assert!(saw_early_submit && saw_late);
+    assert_eq!(seqs[0], 1, "the replay starts at the first event");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no repeat: {seqs:?}"
+    );
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_and_leave_nothing() {
+    let Some(f) = fleet("badspec", 25, ControllerOptions::default()).await else {
+        return;
+    };
+    let mut cases = Vec::new();
+    let mut s = sh("pin-nowhere", "true");
+    s.placement = Some(v1::Placement {
+        node: "no-such-board".into(),
+        ..Default::default()
+    });
+    cases.push(("placement.node", s));
+    let mut s = sh("bad-label", "true");
+    s.placement = Some(v1::Placement {
+        labels: HashMap::from([("Bad Key".into(), "x".into())]),
+        ..Default::default()
+    });
+    cases.push(("labels", s));
+    let mut s = sh("bad-mode", "true");
+    s.placement = Some(v1::Placement {
+        power_mode: "WARP9".into(),
+        ..Default::default()
+    });
+    cases.push(("power_mode", s));
+    let mut s = sh("negative", "true");
+    s.priority = -5;
+    cases.push(("priority", s));
+    let mut s = sh("huge-config", "true");
+    s.config_name = "c.json".into();
+    s.config_content = vec![b'x'; 2 << 20];
+    cases.push(("config", s));
+    cases.push(("id", sh("../etc", "true")));
+    cases.push((
+        "command",
+        v1::ExperimentSpec {
+            id: "no-command".into(),
+            ..Default::default()
+        },
+    ));
+    for (field, spec) in cases {
+        let err = f.submit(spec).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().contains(field),
+            "names {field}: {}",
+            err.message()
+        );
+    }
+    let listed = f
+        .admin
+        .clone()
+        .list(v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.experiments.is_empty(), "{listed:?}");
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_is_lost_its_work_moves_and_the_stale_copy_is_stopped() {
+    let opts = ControllerOptions {
+        heartbeat_timeout_s: 2,
+        node_lost_after_s: 4,
+        ..Default::default()
+    };
+    let Some(f) = fleet("lost", 26, opts).await else {
+        return;
+    };
+    f.submit(sh("wanderer", FOREVER)).await.unwrap();
+    let first = f.wait("wanderer", "wanderer to run", running).await;
+    let i = f.index_of(&first.node);
+    let pid = f.agents[i].pid().expect("agent pid") as i32;
+    // SAFETY: kill(2) on a child we own.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let unknown = f
+        .wait("wanderer", "wanderer to become unknown", |e| {
+            e.phase() == ExperimentPhase::Unknown
+        })
+        .await;
+    assert_eq!(unknown.node, first.node);
+    let moved = f
+        .wait("wanderer", "wanderer to run elsewhere", |e| {
+            running(e) && e.node != first.node
+        })
+        .await;
+    assert!(moved.epoch > first.epoch);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The old copy, with the old epoch, is stopped once the board is back.
+    wait_for("the stale copy to stop", DEADLINE, || async {
+        let on = f.on_boards().await;
+        let nodes = on.get("wanderer").cloned().unwrap_or_default();
+        Ok(if nodes == vec![moved.node.clone()] {
+            Check::Ready(())
+        } else {
+            Check::not_yet(format!("{nodes:?}"))
+        })
+    })
+    .await
+    .unwrap();
+    f.finish().await;
+}
