@@ -19,6 +19,26 @@ fn open(dir: &Path) -> Store {
     Store::open_with_clock(dir, ticking_clock()).unwrap()
 }
 
+/// Opens a store another `Store` in this process had open. sled lets go of
+/// its file lock a moment after the last handle is dropped (its background
+/// writers finish first), so this waits for the lock; a restarted
+/// controller is a new process and never needs to.
+async fn reopen(dir: &Path) -> Store {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open_with_clock(dir, ticking_clock()) {
+            Ok(store) => return store,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!(
+                "the store at {} did not reopen within 10 s: {e:?}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 fn id(s: &str) -> ExperimentId {
     ExperimentId::new(s).unwrap()
 }
@@ -262,7 +282,7 @@ async fn everything_survives_a_reopen() {
         store.set_policy(&policy, "user/admin").await.unwrap();
         (r.clone(), r.epoch, store.last_event_seq())
     };
-    let store = open(dir.path());
+    let store = reopen(dir.path()).await;
     assert_eq!(store.experiment(&id("a")).unwrap(), Some(record));
     assert_eq!(store.spec(&id("b")).unwrap(), Some(spec("b", 3)));
     assert_eq!(queue_ids(&store), ["b"]);
@@ -299,7 +319,7 @@ async fn epochs_only_grow() {
         assert_eq!(b.epoch, 3);
         b.epoch
     };
-    let store = open(dir.path());
+    let store = reopen(dir.path()).await;
     let c = placed(&store, "c", "n1").await;
     assert!(c.epoch > first);
 }
