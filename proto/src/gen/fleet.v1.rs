@@ -2220,7 +2220,8 @@ pub struct Event {
     pub node: ::prost::alloc::string::String,
     #[prost(uint64, tag = "6")]
     pub epoch: u64,
-    /// With PHASE_CHANGED.
+    /// Set on every event that changes an experiment's phase: SUBMITTED (to
+    /// QUEUED only), PLACED, DISRUPTED and PHASE_CHANGED.
     #[prost(enumeration = "ExperimentPhase", tag = "7")]
     pub from: i32,
     #[prost(enumeration = "ExperimentPhase", tag = "8")]
@@ -2713,7 +2714,7 @@ impl DecisionOutcome {
 pub enum EventKind {
     Unspecified = 0,
     Submitted = 1,
-    /// The phase changed; `from` and `to` say how.
+    /// Any other phase change; `from` and `to` say which.
     PhaseChanged = 2,
     Placed = 3,
     /// Crashed and restarted by systemd within its restart policy.
