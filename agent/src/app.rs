@@ -50,6 +50,7 @@ impl App {
             runtime_unit_dir: config.runtime_unit_dir.clone(),
             state_dir: config.state_dir.clone(),
             kmsg: config.kmsg.clone(),
+            agent_exe: std::env::current_exe().context("cannot find the agent's own executable")?,
         };
         let gate = Arc::new(Gate::default());
         let experiments = Experiments::new(systemd, store, paths, gate.clone());

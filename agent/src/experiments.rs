@@ -24,6 +24,8 @@ use crate::unit_file;
 
 /// Name of the drop-in the agent owns inside `<unit>.d/`.
 pub const DROPIN_NAME: &str = "50-fleet.conf";
+/// The drop-in that records how each run ended.
+pub const EXIT_DROPIN_NAME: &str = "60-fleet-exit.conf";
 /// Waiting for a unit to go inactive allows this much over its stop timeout.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -84,6 +86,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// The kernel log, for OOM attribution on cgroup v1.
     pub kmsg: PathBuf,
+    /// This program, which `ExecStopPost=` runs to record each run's end.
+    pub agent_exe: PathBuf,
 }
 
 impl Paths {
@@ -215,6 +219,20 @@ impl Experiments {
         let keep = self.paths.dropin_dir(autostart, &unit);
         let drop = self.paths.dropin_dir(!autostart, &unit);
         let mut changed = write_atomic(&keep.join(DROPIN_NAME), dropin.as_bytes())?;
+        let recorder = unit_file::render_exit_recorder(
+            &self.paths.agent_exe,
+            &self
+                .paths
+                .experiment_dir(id)
+                .join(crate::exit_record::FILE_NAME),
+        );
+        std::fs::create_dir_all(self.paths.experiment_dir(id)).map_err(|source| {
+            ExperimentError::Io {
+                path: self.paths.experiment_dir(id),
+                source,
+            }
+        })?;
+        changed |= write_atomic(&keep.join(EXIT_DROPIN_NAME), recorder.as_bytes())?;
         if drop.exists() {
             remove_dir(&drop)?;
             changed = true;
@@ -559,6 +577,27 @@ impl Experiments {
             {
                 tracing::info!(experiment = %id, "max_runtime reached; not restarting");
                 self.systemd.stop(&unit).await?;
+            }
+        }
+        if props.as_ref().is_none_or(|p| p.is_gone()) && rec.desired == Desired::Running {
+            // Collected before we saw it end: systemd's own record of it.
+            let path = self
+                .paths
+                .experiment_dir(id)
+                .join(crate::exit_record::FILE_NAME);
+            if let Some(r) = crate::exit_record::ExitRecord::read(&path) {
+                let newer = rec
+                    .last_outcome
+                    .as_ref()
+                    .is_none_or(|o| o.invocation_id != r.invocation_id);
+                if newer && !r.invocation_id.is_empty() {
+                    let killed = r.code == "killed" && r.status == "KILL"
+                        || r.code == "exited" && r.status == "137";
+                    let oom = r.result == "oom-kill"
+                        || killed && crate::oom::killed_since(&self.paths.kmsg, &unit, 0);
+                    rec.last_outcome = Some(r.outcome(oom));
+                    dirty = true;
+                }
             }
         }
         if dirty {

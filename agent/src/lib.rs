@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod config;
+pub mod exit_record;
 pub mod experiments;
 pub mod grpc;
 pub mod guard;

@@ -35,6 +35,9 @@ enum Command {
     GenConfig,
     /// Check the config file and exit.
     CheckConfig,
+    /// Record how a run ended (run by systemd from `ExecStopPost=`).
+    #[command(hide = true)]
+    RecordExit { path: PathBuf },
 }
 
 fn init_tracing() {
@@ -49,6 +52,19 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::RecordExit { path }) = &cli.command {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        return match fleet_agent::exit_record::ExitRecord::from_env(now).write(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleet-agent record-exit {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing();
     match cli.command {
         Some(Command::GenConfig) => {
@@ -58,7 +74,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Some(Command::CheckConfig) | None => {}
+        Some(Command::CheckConfig) | Some(Command::RecordExit { .. }) | None => {}
     }
     let config = match AgentConfig::from_file(&cli.config) {
         Ok(c) => c,

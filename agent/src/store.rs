@@ -156,8 +156,15 @@ impl Store {
         Ok(existed)
     }
 
+    /// sled 0.34's `flush_async` can deadlock when flushes overlap
+    /// (sled#1241): a blocking `flush` on tokio's blocking pool gives the
+    /// same durability without it.
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(StoreError::Write)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .expect("the flush task does not panic")
+            .map_err(StoreError::Write)?;
         Ok(())
     }
 }

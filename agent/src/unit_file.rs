@@ -166,6 +166,21 @@ fn systemd_seconds(d: Duration) -> String {
     format!("{}s", d.as_millis().div_ceil(1000))
 }
 
+/// The drop-in that makes systemd record how each run ended, even when the
+/// agent is not running and the unit is collected before the agent reads
+/// it: `ExecStopPost=` runs `fleet-agent record-exit <file>` with
+/// `$SERVICE_RESULT`, `$EXIT_CODE` and `$EXIT_STATUS` set by systemd. The
+/// `+` prefix runs it outside the experiment's sandbox, so it can write the
+/// agent's state directory.
+pub fn render_exit_recorder(agent: &Path, record: &Path) -> String {
+    format!(
+        "# Written by fleet-agent: records how each run ends.\n\n[Service]\nExecStopPost=+{} {} {}\n",
+        exec_word(&agent.to_string_lossy()),
+        exec_word("record-exit"),
+        exec_word(&record.to_string_lossy()),
+    )
+}
+
 /// One word of a command line, quoted for `ExecStart=`.
 fn exec_word(arg: &str) -> String {
     let allowed: Vec<(usize, &str)> = substitutions(arg).collect();

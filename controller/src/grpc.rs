@@ -22,6 +22,9 @@ use crate::scheduler;
 use crate::store::{ExperimentRecord, NewNode, Store, StoreError, Transition};
 use crate::wire;
 
+/// How long a read waits for a board before answering from the store.
+const BOARD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct ControllerService {
@@ -360,13 +363,16 @@ impl Controller for ControllerService {
         let mut exp = self.experiment_wire(&rec);
         // The board's own view, when it runs there now.
         if let (Some(node), true) = (&rec.node, rec.phase.holds_node()) {
-            if let Some(mut c) = self.links.client(node.as_str()) {
-                if let Ok(st) = c
-                    .get_experiment(v1::ExperimentRef {
-                        id: rec.id.as_str().to_owned(),
-                    })
-                    .await
-                {
+            let fresh = self
+                .live(node.as_str())
+                .is_some_and(|l| l.link == scheduler::Link::Fresh);
+            let client = self.links.client(node.as_str()).filter(|_| fresh);
+            if let Some(mut c) = client {
+                // A board that stopped answering must not hold up a read.
+                let ask = c.get_experiment(v1::ExperimentRef {
+                    id: rec.id.as_str().to_owned(),
+                });
+                if let Ok(Ok(st)) = tokio::time::timeout(BOARD_READ_TIMEOUT, ask).await {
                     let st = st.into_inner();
                     if st.epoch == rec.epoch {
                         exp = wire::experiment(

@@ -233,8 +233,23 @@ async fn follow(
             let l = map.entry(node.to_owned()).or_default();
             l.last_seen = Some(Instant::now());
             l.last_seen_unix_us = Some(now_us());
-            if let Some(v1::node_update::Update::Sample(s)) = &update.update {
-                l.sample = Some(s.clone());
+            match &update.update {
+                Some(v1::node_update::Update::Sample(s)) => l.sample = Some(s.clone()),
+                // A thermal change is news before the next sample: the
+                // scheduler must not place on a board that just got hot.
+                Some(v1::node_update::Update::Event(v1::NodeEvent {
+                    kind: Some(v1::node_event::Kind::Thermal(t)),
+                    ..
+                })) => {
+                    if let Some(s) = l.sample.as_mut() {
+                        s.thermal_state = t.to;
+                        s.accepting = t.to == v1::ThermalState::Normal as i32;
+                        if let Some(c) = t.celsius {
+                            s.hottest_c = Some(s.hottest_c.map_or(c, |h| h.max(c)));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         let report = match update.update {

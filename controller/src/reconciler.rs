@@ -29,6 +29,8 @@ use crate::scheduler::{self, Link, ModeInfo, NodeView, Policy};
 use crate::store::{ExperimentRecord, Store, StoreError, Transition};
 
 const ACTOR: &str = "controller";
+/// How long a start may take on a board before the placement is retried.
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the controller stopped an experiment; kept in the phase reason so a
 /// restarted controller knows what a `stopped` report means.
@@ -231,13 +233,18 @@ impl Reconciler {
                     tracing::warn!(experiment = %id.as_str(), node = %node.as_str(), error = %e.message(), "power mode switch before start failed");
                 }
             }
-            let result = client
-                .start_experiment(v1::StartExperimentRequest {
-                    spec: Some(spec.to_proto()),
-                    epoch,
-                })
-                .await
-                .map(|r| r.into_inner());
+            let call = client.start_experiment(v1::StartExperimentRequest {
+                spec: Some(spec.to_proto()),
+                epoch,
+            });
+            // A board that stopped answering: give the placement back; the
+            // start is idempotent per epoch if it did arrive.
+            let result = match tokio::time::timeout(DISPATCH_TIMEOUT, call).await {
+                Ok(r) => r.map(|r| r.into_inner()),
+                Err(_) => Err(tonic::Status::deadline_exceeded(
+                    "the board did not answer the start in time",
+                )),
+            };
             let _ = done
                 .send(Done::Started {
                     id,
@@ -415,6 +422,7 @@ impl Reconciler {
         let Ok(id) = ExperimentId::new(st.id.clone()) else {
             return Ok(());
         };
+        tracing::debug!(%node, experiment = %st.id, state = ?st.state(), epoch = st.epoch, "agent reports");
         let active = matches!(
             st.state(),
             ExperimentState::Starting
@@ -621,7 +629,20 @@ impl Reconciler {
                 link
             };
             match link {
-                Link::Fresh => {}
+                Link::Fresh => {
+                    // Back after a silence on the same connection (a paused
+                    // agent, a network blip): reconcile as on a reconnect.
+                    if self.said_unreachable.contains(&name) || self.said_lost.contains(&name) {
+                        if let Some(mut c) = self.links.client(&name) {
+                            let ask = c.list_experiments(v1::ListExperimentsRequest {});
+                            if let Ok(Ok(list)) =
+                                tokio::time::timeout(Duration::from_secs(5), ask).await
+                            {
+                                self.reconcile(&name, list.into_inner().experiments).await?;
+                            }
+                        }
+                    }
+                }
                 Link::Stale => {
                     if self.said_unreachable.insert(name.clone()) && l.last_seen.is_some() {
                         self.store
