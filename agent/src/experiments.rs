@@ -297,7 +297,11 @@ impl Experiments {
                     requested: e,
                 })
             }
-            (Some(r), e) if e == r.epoch => return self.refresh(&id).await,
+            // The same placement again: one instance. A start of this epoch
+            // that never reached systemd (an error half-way) is done again.
+            (Some(r), e) if e == r.epoch && (running || r.last_outcome.is_some()) => {
+                return self.refresh(&id).await
+            }
             (_, 0) => 1,
             (_, e) => e,
         };

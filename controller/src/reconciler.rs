@@ -214,11 +214,14 @@ impl Reconciler {
             return;
         }
         let Some(mut client) = self.links.client(node.as_str()) else {
+            tracing::debug!(experiment = %id.as_str(), node = %node.as_str(), "no link to dispatch on");
             return;
         };
         let Ok(Some(spec)) = self.store.spec(&id) else {
+            tracing::warn!(experiment = %id.as_str(), "no stored spec to dispatch");
             return;
         };
+        tracing::debug!(experiment = %id.as_str(), node = %node.as_str(), epoch, "dispatching");
         self.in_flight.insert(key);
         let done = self.done_tx.clone();
         tokio::spawn(async move {
@@ -264,6 +267,7 @@ impl Reconciler {
             result,
         } = d;
         self.in_flight.remove(&(id.as_str().to_owned(), epoch));
+        tracing::debug!(experiment = %id.as_str(), %node, epoch, ok = result.is_ok(), "dispatch done");
         let outcome = match result {
             Ok(status) => self.apply(&node, &status).await,
             Err(status) => {

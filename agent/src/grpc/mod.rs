@@ -34,6 +34,7 @@ pub struct AgentService {
 impl From<ExperimentError> for RpcStatus {
     fn from(e: ExperimentError) -> Self {
         let msg = error_chain(&e);
+        tracing::warn!(error = %msg, "request failed");
         match e {
             ExperimentError::InvalidSpec(_) => RpcStatus::invalid_argument(msg),
             ExperimentError::InvalidId { .. } => RpcStatus::invalid_argument(msg),
