@@ -83,6 +83,15 @@ impl App {
         // The sampler and the thermal guard run from the start, with or
         // without subscribers or a controller.
         let sampler = tokio::spawn(self.node.clone().run(self.experiments.clone()));
+        let metrics = self.config.metrics_listen.map(|listen| {
+            let node = self.node.clone();
+            let name = self.config.node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listen, node, name).await {
+                    tracing::error!(%listen, error = %e, "metrics listener failed");
+                }
+            })
+        });
 
         let tls_cfg = &self.config.tls;
         let mut files = TlsFiles::new(&tls_cfg.ca, &tls_cfg.cert, &tls_cfg.key);
@@ -152,6 +161,9 @@ impl App {
             }
         }
         sampler.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         if let Some(w) = watchdog {
             w.abort();
         }

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod guard;
 pub mod hw;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod oom;
 pub mod status;

@@ -344,6 +344,15 @@ impl Node {
             .map_err(|e| NodeError::Hardware(crate::grpc::error_chain(&e)))?;
         hw.refresh_power_state();
         if let SetModeOutcome::Switched { mode: to } = &outcome {
+            // GetNode and watchers see the confirmed mode now, not after
+            // the next sample.
+            self.latest.send_modify(|latest| {
+                if let Some(s) = latest {
+                    let mut snap = (**s).clone();
+                    snap.sample.power_mode = Some(to.clone());
+                    *s = Arc::new(snap);
+                }
+            });
             if from.as_ref() != Some(to) {
                 let _ = self.events.send(NodeEvent::PowerMode {
                     at: SystemTime::now(),
@@ -381,6 +390,10 @@ impl Node {
     }
 
     pub async fn info(&self) -> NodeInfo {
+        // Right after start there is no sample yet: wait for the first one
+        // (bounded), so GPU and zones are not reported missing.
+        let mut rx = self.latest.subscribe();
+        let _ = tokio::time::timeout(self.interval * 5, rx.wait_for(|s| s.is_some())).await;
         let snapshot = self.latest.borrow().clone();
         let current_mode = match &snapshot {
             Some(s) => s.sample.power_mode.clone(),

@@ -81,6 +81,8 @@ pub struct AgentOptions {
     pub sampling_ms: Option<u64>,
     /// More variables for the agent, which its tools inherit.
     pub extra_env: Vec<(String, OsString)>,
+    /// Where the agent serves Prometheus metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentOptions {
@@ -151,6 +153,10 @@ impl AgentHandle {
             key = certs.key,
         );
         text.push_str(&options.toml());
+        if let Some(m) = options.metrics_listen {
+            // A top-level key: it goes before the first section.
+            text = text.replacen("\n[tls]", &format!("metrics_listen = \"{m}\"\n\n[tls]"), 1);
+        }
         std::fs::write(&config, text)?;
         let mut agent = AgentHandle {
             node,

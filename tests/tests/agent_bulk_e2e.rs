@@ -171,3 +171,87 @@ async fn max_runtime_ends_the_experiment_without_a_restart() {
     drop(agent);
     bed.shutdown().await.expect("teardown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_show_zones_power_and_experiments() {
+    use fleet_testbed::agent::AgentOptions;
+    use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(mut bed) = Testbed::new("metrics").await else {
+        return;
+    };
+    let board = bed.add_board("metrics-b").await.expect("board");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let sim = HwSim::install(
+        &board,
+        Fixture::AgxOrinR36,
+        ThermalParams::bounded(40.0, 60.0),
+    )
+    .expect("hwsim");
+    sim.set_zone("cpu", 55.5).unwrap();
+    // A free port on the board's address for the metrics listener.
+    let ip = Ipv4Addr::new(127, 0, 0, 14);
+    let port = std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = std::net::SocketAddr::from((ip, port));
+    let options = AgentOptions {
+        hardware: Some(sim.clone()),
+        sampling_ms: Some(200),
+        metrics_listen: Some(metrics_addr),
+        ..Default::default()
+    };
+    let agent = AgentHandle::start_with(&board, &pki, IpAddr::V4(ip), options)
+        .await
+        .expect("agent");
+    let mut c = agent.client(&pki, Role::Admin).await.unwrap();
+    c.start_experiment(v1::StartExperimentRequest {
+        spec: Some(forever("scraped", false)),
+        epoch: 0,
+    })
+    .await
+    .unwrap();
+    let text = wait_for(
+        "metrics with the experiment running",
+        DEADLINE,
+        || async move {
+            let Ok(mut conn) = tokio::net::TcpStream::connect(metrics_addr).await else {
+                return Ok(Check::not_yet("no listener yet"));
+            };
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            conn.read_to_string(&mut body).await?;
+            Ok(if body.contains("state=\"running\"} 1") {
+                Check::Ready(body)
+            } else {
+                Check::not_yet(body)
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"));
+    assert!(
+        text.contains("fleet_zone_temperature_celsius{node=\"metrics-b\",zone=\"cpu\"} 55.5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fleet_power_total_watts{node=\"metrics-b\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fleet_power_mode{node=\"metrics-b\",id=\"2\",mode=\"MODE_30W\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fleet_thermal_state{node=\"metrics-b\"} 0"),
+        "{text}"
+    );
+    drop(agent);
+    bed.shutdown().await.expect("teardown");
+}
