@@ -501,6 +501,23 @@ impl Reconciler {
                     return self.finish_stop(&rec, Some(st)).await;
                 }
                 self.ensure_run(&rec, live.as_ref()).await?;
+                // The last crash is only counted by the final report.
+                if let Some(r) = self.store.experiment(&id)? {
+                    if r.open_run().is_some() {
+                        self.store
+                            .observe_run(
+                                &id,
+                                r.epoch,
+                                RunObservation {
+                                    crashes: Some(u64::from(st.restarts)),
+                                    peak_temp_c: None,
+                                    throttled: false,
+                                },
+                                &format!("agent/{node}"),
+                            )
+                            .await?;
+                    }
+                }
                 let mut end = RunEnd::new(outcome, st.failure_message.clone());
                 end.failure = failure_of(st);
                 end.exit_code = st.exit_code;

@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fleet_proto::identity::Role;
-use fleet_proto::v1::{self, agent_client::AgentClient, ExperimentState};
+use fleet_proto::v1::{self, agent_client::AgentClient};
 use fleet_testbed::agent::{AgentHandle, AgentOptions};
+use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
 use fleet_testbed::hwsim::{self, Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::TestPki;
 use fleet_testbed::testbed::{Board, Testbed};
@@ -169,11 +170,27 @@ async fn up(
         hardware.push(hw);
     }
     let admin = pki.user("dev-admin", Role::Admin)?;
-    write_fleet_files(&dir, &pki, &admin, &boards, &agents, &hardware)?;
+    let agent_refs: Vec<&AgentHandle> = agents.iter().collect();
+    let controller = ControllerHandle::start(
+        &dir.join("controller"),
+        &pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 100)),
+        &agent_refs,
+        &ControllerOptions {
+            tick_ms: 500,
+            telemetry_interval_ms: 1000,
+            ..ControllerOptions::default()
+        },
+    )
+    .await?;
+    println!("  controller at {}", controller.addr);
+    write_fleet_files(&dir, &pki, &admin, &boards, &agents, &hardware, &controller)?;
 
     let result = async {
         if demo {
-            run_demo(&agents[0], &admin).await?;
+            run_demo(&controller, &admin).await?;
+            let mut c = agents[0].client_as(&admin).await?;
+            show_node(&mut c).await?;
         }
         if !once {
             println!("\nfleet is up; Ctrl-C stops it");
@@ -183,6 +200,7 @@ async fn up(
     }
     .await;
     println!("stopping…");
+    drop(controller);
     drop(agents);
     drop(hardware);
     bed.shutdown().await?;
@@ -197,6 +215,7 @@ fn write_fleet_files(
     boards: &[Board],
     agents: &[AgentHandle],
     hardware: &[HwSim],
+    controller: &ControllerHandle,
 ) -> anyhow::Result<()> {
     let nodes: Vec<serde_json::Value> = boards
         .iter()
@@ -220,11 +239,17 @@ fn write_fleet_files(
         "ca": pki.ca_path,
         "admin_cert": admin.cert,
         "admin_key": admin.key,
+        "controller": controller.addr.to_string(),
         "nodes": nodes,
     });
     std::fs::write(dir.join("fleet.json"), serde_json::to_vec_pretty(&fleet)?)?;
-    let mut ctl = format!("current_context = \"dev\"\n\n[contexts.dev]\nagent = {:?}\nnode = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-        agents[0].addr.to_string(), boards[0].name(), pki.ca_path, admin.cert, admin.key);
+    let mut ctl = format!(
+        "current_context = \"dev\"\n\n[contexts.dev]\ncontroller = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        controller.addr.to_string(),
+        pki.ca_path,
+        admin.cert,
+        admin.key
+    );
     for (b, a) in boards.iter().zip(agents) {
         ctl.push_str(&format!(
             "\n[contexts.{name}]\nagent = {:?}\nnode = {name:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -263,11 +288,12 @@ fn demo_spec(id: &str, script: &str) -> v1::ExperimentSpec {
 }
 
 async fn run_demo(
-    agent: &AgentHandle,
+    controller: &ControllerHandle,
     admin: &fleet_testbed::pki::CertFiles,
 ) -> anyhow::Result<()> {
-    let mut c: AgentClient<Channel> = agent.client_as(admin).await?;
-    println!("\n== demo on {} ==", agent.node);
+    use fleet_proto::v1::{controller_client::ControllerClient, ExperimentPhase};
+    let mut c: ControllerClient<Channel> = controller.client_as(admin).await?;
+    println!("\n== demo: two experiments through the controller ==");
     let specs = [
         demo_spec(
             "hello-world",
@@ -275,64 +301,71 @@ async fn run_demo(
         ),
         demo_spec("flaky", "echo about to crash; sleep 1; exit 3"),
     ];
+    let mut from = u64::MAX;
     for s in specs {
-        let st = c
-            .start_experiment(v1::StartExperimentRequest {
+        let r = c
+            .submit(v1::SubmitRequest {
                 spec: Some(s),
-                epoch: 0,
+                dry_run: false,
             })
             .await?
             .into_inner();
-        println!("started {} (epoch {})", st.id, st.epoch);
+        from = from.min(r.event_seq);
+        println!("submitted (event {})", r.event_seq);
     }
-    let mut watch = c
-        .watch_experiments(v1::WatchExperimentsRequest::default())
-        .await?
-        .into_inner();
-    let mut logs = c
-        .stream_logs(v1::StreamLogsRequest {
-            id: "hello-world".into(),
-            tail: 100,
-            since_unix_us: 0,
-            follow: true,
+    let mut events = c
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(from),
+            filter: Some(v1::EventFilter {
+                experiments: vec!["hello-world".into(), "flaky".into()],
+                ..Default::default()
+            }),
+            replay_only: false,
         })
         .await?
         .into_inner();
     let mut finished = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(60));
+    let deadline = tokio::time::sleep(Duration::from_secs(90));
     tokio::pin!(deadline);
     while finished.len() < 2 {
         tokio::select! {
-            Some(ev) = watch.next() => {
+            Some(ev) = events.next() => {
                 let ev = ev?;
-                let st = ev.status.unwrap_or_default();
-                println!("  [status] {:<12} {:<11} {} (crashes {})", st.id, format!("{:?}", st.state()).to_lowercase(), ev.change, st.crashes_total);
-                if matches!(st.state(), ExperimentState::Succeeded | ExperimentState::Failed) {
-                    finished.insert(st.id);
+                println!("  [event {:>3}] {:<12} {:<10} {}", ev.seq, ev.experiment, ev.node, ev.message);
+                if matches!(ev.to(), ExperimentPhase::Succeeded | ExperimentPhase::Failed) {
+                    finished.insert(ev.experiment.clone());
                 }
-            }
-            Some(line) = logs.next() => {
-                println!("  [log]    hello-world  {}", line?.message);
             }
             _ = &mut deadline => break,
         }
     }
+    let mut logs = c
+        .logs(v1::LogsRequest {
+            id: "hello-world".into(),
+            tail: 20,
+            since_unix_us: 0,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    while let Some(line) = logs.next().await {
+        println!("  [log] hello-world  {}", line?.message);
+    }
     for id in ["hello-world", "flaky"] {
-        let st = c
-            .get_experiment(v1::ExperimentRef { id: id.into() })
-            .await?
-            .into_inner();
+        let e = c.get(v1::GetRequest { id: id.into() }).await?.into_inner();
+        let last = e.runs.last();
         println!(
-            "{id}: {:?}{}",
-            st.state(),
-            if st.failure_message.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", st.failure_message)
-            }
+            "{id}: {} on {} ({} run(s), {} crash(es)){}",
+            format!("{:?}", e.phase()).to_lowercase(),
+            last.map(|r| r.node.as_str()).unwrap_or("-"),
+            e.runs.len(),
+            e.crashes,
+            last.filter(|r| !r.message.is_empty())
+                .map(|r| format!(" — {}", r.message))
+                .unwrap_or_default()
         );
     }
-    show_node(&mut c).await
+    Ok(())
 }
 
 /// The board as the agent sees it: identity, power modes, one sample.
