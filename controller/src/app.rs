@@ -3,7 +3,7 @@
 //! 1. open the sled store (everything acknowledged before a crash is there);
 //! 2. register the nodes of the config file;
 //! 3. start one link per known node (they reconcile as they connect);
-//! 4. start the reconciler;
+//! 4. start the reconciler, and the metrics listener if configured;
 //! 5. load the TLS identity, bind the listener, READY=1, serve.
 //!
 //! A restart never restarts an experiment: links adopt what runs.
@@ -21,6 +21,7 @@ use tonic::transport::Server;
 use crate::config::ControllerConfig;
 use crate::grpc::{AuthzLayer, ControllerService};
 use crate::links::Links;
+use crate::metrics::Metrics;
 use crate::model::NodeSource;
 use crate::reconciler::{Reconciler, Settings};
 use crate::store::{NewNode, Store};
@@ -80,9 +81,28 @@ pub async fn run(
         tick: config.tick(),
         slots_per_node: config.slots_per_node,
     };
+    let metrics = Arc::new(Metrics::default());
     let (reconciler, done_rx) =
         Reconciler::new(store.clone(), links.clone(), settings, poke.clone());
-    let reconcile = tokio::spawn(reconciler.run(report_rx, done_rx));
+    let reconcile = tokio::spawn(
+        reconciler
+            .with_metrics(metrics.clone())
+            .run(report_rx, done_rx),
+    );
+    let metrics_task = config.metrics_listen.map(|listen| {
+        let settings = Arc::new(Settings {
+            heartbeat: config.heartbeat_timeout(),
+            lost_after: config.node_lost_after(),
+            tick: config.tick(),
+            slots_per_node: config.slots_per_node,
+        });
+        let serve = crate::metrics::serve(listen, metrics, store.clone(), links.clone(), settings);
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(%listen, error = %e, "metrics listener failed");
+            }
+        })
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -159,6 +179,9 @@ pub async fn run(
     reconcile.abort();
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(m) = metrics_task {
+        m.abort();
     }
     served?;
     tracing::info!("stopped; experiments keep running on their boards");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod grpc;
 pub mod links;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod reconciler;
 pub mod scheduler;

@@ -69,6 +69,7 @@ pub struct Reconciler {
     said_lost: BTreeSet<String>,
     /// Dispatches in flight, so a pass does not dispatch twice.
     in_flight: BTreeSet<(String, u64)>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn failure_of(st: &v1::ExperimentStatus) -> Option<Failure> {
@@ -105,9 +106,16 @@ impl Reconciler {
                 said_unreachable: BTreeSet::new(),
                 said_lost: BTreeSet::new(),
                 in_flight: BTreeSet::new(),
+                metrics: Arc::default(),
             },
             done_rx,
         )
+    }
+
+    /// Counts placements into `metrics` (served by [`crate::metrics`]).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn run(
@@ -183,6 +191,9 @@ impl Reconciler {
             .into_iter()
             .flatten()
         {
+            let r = &placed.record;
+            self.metrics
+                .placed(r.runs.is_empty().then(|| r.updated_at - r.submitted_at));
             let id = placed.record.id.clone();
             let node = placed.record.node.clone().expect("placed on a node");
             self.dispatch(id.clone(), node, placed.epoch, switches.get(&id).cloned());
