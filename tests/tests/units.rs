@@ -193,7 +193,14 @@ async fn the_installed_template_restarts_limits_and_stops_an_experiment_as_docum
         ),
     );
     systemctl(&board, &["daemon-reload"]).await;
-    systemctl(&board, &["start", &unit("flaky"), &unit("doomed")]).await;
+    // --no-block: `doomed` can exit before systemd counts its exec as a
+    // started job, and a blocking start would then report a failure the
+    // test waits for below anyway.
+    systemctl(
+        &board,
+        &["start", "--no-block", &unit("flaky"), &unit("doomed")],
+    )
+    .await;
 
     // Restart on failure: two crashes, restarted each time, then running.
     let running = wait_unit(&board, &unit("flaky"), "to run after two crashes", |p| {
@@ -634,13 +641,18 @@ async fn the_agent_runs_under_its_shipped_unit_and_restarts_without_touching_exp
     .unwrap();
     let dropin = board.unit_dir().join("fleet-agent.service.d");
     fs::create_dir_all(&dropin).unwrap();
+    // The unit has PrivateTmp=: a build under /tmp would be invisible to it,
+    // so the agent runs from a copy in the board's directory, as it would
+    // from /usr/bin on a board.
+    let installed_bin = board.dir().join("fleet-agent");
+    fs::copy(workspace_bin("fleet-agent", "fleet-agent"), &installed_bin).unwrap();
     fs::write(
         dropin.join("50-testbed.conf"),
         format!(
             "[Service]\nExecStart=\nExecStart={bin} --config {config}\n\
              ReadWritePaths=\nReadWritePaths={unit} {runtime} {state} /sys/devices\n\
              Environment=DBUS_SESSION_BUS_ADDRESS={bus}\nWatchdogSec=2s\n",
-            bin = workspace_bin("fleet-agent", "fleet-agent").display(),
+            bin = installed_bin.display(),
             config = config.display(),
             unit = board.unit_dir().display(),
             runtime = board.runtime_unit_dir().display(),
