@@ -654,6 +654,12 @@ impl Reconciler {
         for node in self.store.nodes()? {
             let name = node.name.as_str().to_owned();
             let l = live.get(&name).cloned().unwrap_or_default();
+            // Just started: a board not heard from yet is not silent yet.
+            // (Marking its experiments unknown on every controller restart
+            // would be noise, and wrong.)
+            if l.last_seen.is_none() && now.duration_since(self.started) < self.settings.heartbeat {
+                continue;
+            }
             let link = l.link(now, self.settings.heartbeat, self.settings.lost_after);
             let link = if link == Link::Down || (l.last_seen.is_none() && !grace) {
                 Link::Down

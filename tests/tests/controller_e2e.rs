@@ -353,13 +353,13 @@ async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
 
     // A storm of submissions with the controller killed twice in it.
     let mut acknowledged = Vec::new();
-    for i in 0..60 {
-        if i == 20 || i == 40 {
+    for i in 0..200 {
+        if i % 50 == 25 {
             f.ctl.kill9().await.unwrap();
             f.ctl.restart().await.unwrap();
             f.admin = f.ctl.client(&f.pki, Role::Admin).await.unwrap();
         }
-        let id = format!("storm-{i:02}");
+        let id = format!("storm-{i:03}");
         if f.submit(sh(&id, "sleep 1")).await.is_ok() {
             acknowledged.push(id);
         }
@@ -384,7 +384,9 @@ async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
             "acknowledged {id} is missing after kill -9"
         );
     }
-    assert_eq!(acknowledged.len(), 60);
+    // Submissions that raced a kill may be refused; every one that was
+    // acknowledged must be there.
+    assert!(acknowledged.len() >= 190, "{}", acknowledged.len());
 
     // Nothing runs twice at once, and what ran before runs on untouched.
     for (id, nodes) in f.on_boards().await {
@@ -392,8 +394,9 @@ async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
     }
     f.wait_connected().await;
     for (id, inv) in &before {
-        let e = f.get(id).await;
-        assert!(running(&e), "{id}: {:?}", e.phase());
+        let e = f
+            .wait(id, "steady to be running after the restarts", running)
+            .await;
         assert_eq!(&e.status.unwrap().invocation_id, inv, "{id} was restarted");
     }
     // The storm drains: every one of them succeeds.
