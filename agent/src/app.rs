@@ -211,24 +211,4 @@ fn write_listen_addr(path: &std::path::Path, addr: std::net::SocketAddr) -> anyh
     Ok(())
 }
 
-/// Tells systemd about the agent's state when it runs as `Type=notify`.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    let bytes = path.as_os_str().as_encoded_bytes();
-    let res = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
-    if let Err(e) = res {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
+pub use fleet_proto::daemon::sd_notify;

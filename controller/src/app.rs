@@ -188,23 +188,4 @@ pub async fn run(
     Ok(())
 }
 
-/// Tells systemd about the controller's state under `Type=notify`.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let res = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
-    };
-    if let Err(e) = res {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
+pub use fleet_proto::daemon::sd_notify;

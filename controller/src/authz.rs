@@ -206,18 +206,7 @@ mod tests {
     /// new RPC cannot ship without a decision.
     #[test]
     fn table_covers_the_service() {
-        let fds = <prost_types_shim::FileDescriptorSet as prost::Message>::decode(
-            fleet_proto::v1::FILE_DESCRIPTOR_SET,
-        )
-        .unwrap();
-        let mut methods: Vec<String> = fds
-            .file
-            .iter()
-            .filter(|f| f.package.as_deref() == Some("fleet.v1"))
-            .flat_map(|f| f.service.iter())
-            .filter(|s| s.name.as_deref() == Some("Controller"))
-            .flat_map(|s| s.method.iter().filter_map(|m| m.name.clone()))
-            .collect();
+        let mut methods = fleet_proto::v1::service_methods("Controller");
         methods.sort();
         let mut table: Vec<String> = CONTROLLER_METHODS
             .iter()
@@ -225,33 +214,5 @@ mod tests {
             .collect();
         table.sort();
         assert_eq!(methods, table);
-    }
-
-    /// Just enough of descriptor.proto to list a service's methods.
-    mod prost_types_shim {
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct FileDescriptorSet {
-            #[prost(message, repeated, tag = "1")]
-            pub file: Vec<FileDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct FileDescriptorProto {
-            #[prost(string, optional, tag = "2")]
-            pub package: Option<String>,
-            #[prost(message, repeated, tag = "6")]
-            pub service: Vec<ServiceDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct ServiceDescriptorProto {
-            #[prost(string, optional, tag = "1")]
-            pub name: Option<String>,
-            #[prost(message, repeated, tag = "2")]
-            pub method: Vec<MethodDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct MethodDescriptorProto {
-            #[prost(string, optional, tag = "1")]
-            pub name: Option<String>,
-        }
     }
 }

@@ -34,20 +34,7 @@ pub struct ControllerService {
     pub settings: Arc<Settings>,
 }
 
-/// The error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
-}
+pub use fleet_proto::daemon::error_chain;
 
 pub fn store_status(e: StoreError) -> Status {
     let msg = error_chain(&e);
@@ -165,16 +152,30 @@ impl ControllerService {
         Ok(rec)
     }
 
+    /// One node with the experiments placed on it, read by id.
     fn node_wire(&self, n: &crate::store::NodeRecord) -> Result<v1::Node, Status> {
-        let experiments = self.store.experiments().map_err(store_status)?;
-        Ok(wire::node(
+        let mut placed = Vec::with_capacity(n.experiments.len());
+        for id in &n.experiments {
+            if let Some(rec) = self.store.experiment(id).map_err(store_status)? {
+                placed.push(rec);
+            }
+        }
+        Ok(self.node_wire_with(n, &placed))
+    }
+
+    fn node_wire_with(
+        &self,
+        n: &crate::store::NodeRecord,
+        experiments: &[ExperimentRecord],
+    ) -> v1::Node {
+        wire::node(
             n,
             self.live(n.name.as_str()).as_ref(),
-            &experiments,
+            experiments,
             &crate::live::ViewConfig {
                 slots_per_node: self.settings.slots_per_node,
             },
-        ))
+        )
     }
 
     fn views(&self) -> Result<Vec<scheduler::NodeView>, Status> {
@@ -537,14 +538,16 @@ impl Controller for ControllerService {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         let r = req.into_inner();
         let filter = wire::node_filter(&r)?;
+        // Every experiment read once for all nodes, not once per node.
+        let experiments = self.store.experiments().map_err(store_status)?;
         let nodes = self
             .store
             .nodes()
             .map_err(store_status)?
             .into_iter()
             .filter(|n| filter.matches(n))
-            .map(|n| self.node_wire(&n))
-            .collect::<Result<_, _>>()?;
+            .map(|n| self.node_wire_with(&n, &experiments))
+            .collect();
         Ok(Response::new(v1::ListNodesResponse { nodes }))
     }
 

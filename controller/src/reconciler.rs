@@ -473,7 +473,7 @@ impl Reconciler {
                         let mut t =
                             Transition::new(id.clone(), rec.phase, to, ACTOR, "").fenced(rec.epoch);
                         if rec.open_run().is_none() {
-                            t = t.start_run(run_start(live.as_ref()));
+                            t = t.start_run(self.run_start(live.as_ref()));
                         }
                         rec = self.store.transition(&t).await?.record;
                     }
@@ -573,6 +573,12 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Power mode, clocks and L4T release at the start of a run.
+    fn run_start(&self, live: Option<&crate::links::Live>) -> RunStart {
+        let live = live.map(|l| node_live(l, Instant::now(), &self.settings));
+        crate::wire::run_start(live.as_ref())
+    }
+
     fn current_phase(&self, rec: &ExperimentRecord) -> Result<Phase, StoreError> {
         Ok(self
             .store
@@ -593,7 +599,7 @@ impl Reconciler {
         }
         let t = Transition::new(rec.id.clone(), Phase::Placing, Phase::Starting, ACTOR, "")
             .fenced(rec.epoch)
-            .start_run(run_start(live));
+            .start_run(self.run_start(live));
         self.store.transition(&t).await.map(drop)
     }
 
@@ -757,18 +763,6 @@ impl Reconciler {
         }
         Ok(())
     }
-}
-
-fn run_start(live: Option<&crate::links::Live>) -> RunStart {
-    let now = Instant::now();
-    let far = Duration::from_secs(3600);
-    let settings = Settings {
-        heartbeat: far,
-        lost_after: far,
-        tick: far,
-        slots_per_node: 0,
-    };
-    crate::wire::run_start(live.map(|l| node_live(l, now, &settings)).as_ref())
 }
 
 /// The live state of a node as the wire and the scheduler take it.

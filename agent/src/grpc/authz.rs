@@ -116,46 +116,10 @@ mod tests {
     /// new RPC cannot ship without a decision.
     #[test]
     fn table_covers_the_service() {
-        let fds = <prost_types_shim::FileDescriptorSet as prost::Message>::decode(
-            fleet_proto::v1::FILE_DESCRIPTOR_SET,
-        )
-        .unwrap();
-        let mut methods: Vec<String> = fds
-            .file
-            .iter()
-            .flat_map(|f| f.service.iter())
-            .filter(|s| s.name.as_deref() == Some("Agent"))
-            .flat_map(|s| s.method.iter().filter_map(|m| m.name.clone()))
-            .collect();
+        let mut methods = fleet_proto::v1::service_methods("Agent");
         methods.sort();
         let mut table: Vec<String> = AGENT_METHODS.iter().map(|(m, _)| m.to_string()).collect();
         table.sort();
         assert_eq!(methods, table);
-    }
-
-    /// Just enough of descriptor.proto to list a service's methods.
-    mod prost_types_shim {
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct FileDescriptorSet {
-            #[prost(message, repeated, tag = "1")]
-            pub file: Vec<FileDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct FileDescriptorProto {
-            #[prost(message, repeated, tag = "6")]
-            pub service: Vec<ServiceDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct ServiceDescriptorProto {
-            #[prost(string, optional, tag = "1")]
-            pub name: Option<String>,
-            #[prost(message, repeated, tag = "2")]
-            pub method: Vec<MethodDescriptorProto>,
-        }
-        #[derive(Clone, PartialEq, prost::Message)]
-        pub struct MethodDescriptorProto {
-            #[prost(string, optional, tag = "1")]
-            pub name: Option<String>,
-        }
     }
 }

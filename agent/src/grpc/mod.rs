@@ -62,20 +62,7 @@ impl From<NodeError> for RpcStatus {
     }
 }
 
-/// The error and its causes on one line, for the person reading it.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
-}
+pub use fleet_proto::daemon::error_chain;
 
 pub fn state_to_wire(s: State) -> v1::ExperimentState {
     match s {

@@ -248,17 +248,7 @@ pub async fn read_zone_info(reader: &SysfsReader) -> Result<Vec<ZoneInfo>, ReadE
     Ok(join_all(reads).await)
 }
 
-/// An error and its sources on one line, for reports that carry text.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
+pub(crate) use fleet_proto::daemon::error_chain;
 
 #[cfg(test)]
 mod tests {
