@@ -21,8 +21,8 @@ use crate::config::Settings;
 use crate::exit::CliError;
 use crate::output::Out;
 use crate::render::board::{
-    event_line, experiment_note, experiment_table, log_line, node_lines, power_text, state_color,
-    status_lines, zone_table,
+    clocks_text, event_line, experiment_note, experiment_table, log_line, node_lines, power_text,
+    state_color, status_lines, zone_table,
 };
 use crate::spec_file::{generate_id, LoadedSpec};
 use crate::time::{now_us, parse_since};
@@ -616,34 +616,38 @@ async fn power(target: &AgentTarget<'_>, args: &PowerArgs, out: &mut Out) -> Res
     out.line(&power_text(&view, mode))
 }
 
+/// The new state of `clocks`: `on` or `off`.
+pub fn parse_on_off(value: &str) -> Result<bool, CliError> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(CliError::Usage(format!(
+            "\"{other}\" is not a clocks state: use on or off"
+        ))),
+    }
+}
+
 async fn clocks(
     target: &AgentTarget<'_>,
     args: &ClocksArgs,
     out: &mut Out,
 ) -> Result<(), CliError> {
     let (node, value) = node_and_value(&args.args);
-    let enabled = match value {
-        "on" => true,
-        "off" => false,
-        other => {
-            return Err(CliError::Usage(format!(
-                "\"{other}\" is not a clocks state: use on or off"
-            )))
-        }
-    };
+    let enabled = parse_on_off(value)?;
     let mut client = target.connect(node).await?;
     let r = client
         .set_clocks(v1::SetClocksRequest { enabled })
         .await
         .map_err(|s| CliError::rpc(format!("clocks {value}"), s))?
         .into_inner();
+    let view = ClocksView {
+        node: merge_node(target.node.as_deref(), node)?,
+        enabled: r.enabled,
+    };
     if out.is_json() {
-        return out.json(&ClocksView { enabled: r.enabled });
+        return out.json(&view);
     }
-    out.line(&format!(
-        "jetson_clocks is {}",
-        if r.enabled { "on" } else { "off" }
-    ))
+    out.line(&clocks_text(&view))
 }
 
 #[cfg(test)]

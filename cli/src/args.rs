@@ -141,7 +141,7 @@ pub enum Command {
     /// Switch a board's nvpmodel power mode
     #[command(override_usage = "fleetctl power [OPTIONS] [NODE] <MODE>")]
     Power(PowerArgs),
-    /// Turn jetson_clocks on or off on a board (--agent; the controller has no call for it yet)
+    /// Turn jetson_clocks on or off on a board
     #[command(override_usage = "fleetctl clocks [OPTIONS] [NODE] <on|off>")]
     Clocks(ClocksArgs),
     /// The controller's scheduling policy (controller)

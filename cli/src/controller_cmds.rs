@@ -7,8 +7,8 @@
 //! `watch` and `submit --wait` outlive a controller restart: they
 //! reconnect with backoff and resume where they were ([`crate::follow`]).
 //!
-//! Commands without a controller call (`clocks`, `rm`, `autostart`,
-//! `start-all`, `stop-all`) end with a clear error naming `--agent`.
+//! Commands without a controller call (`rm`, `autostart`, `start-all`,
+//! `stop-all`) end with a clear error naming `--agent`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,16 +18,16 @@ use fleet_proto::v1;
 use fleet_proto::v1::controller_client::ControllerClient;
 use tonic::transport::Channel;
 
-use crate::agent_cmds::{check_id, merge_node, node_and_value};
+use crate::agent_cmds::{check_id, merge_node, node_and_value, parse_on_off};
 use crate::args::{
-    Command, DrainArgs, EventsArgs, IdsArgs, LogsArgs, NodeCommand, NodesArgs, PolicyCommand,
-    PolicySetArgs, PowerArgs, PsArgs, StateFilter,
+    ClocksArgs, Command, DrainArgs, EventsArgs, IdsArgs, LogsArgs, NodeCommand, NodesArgs,
+    PolicyCommand, PolicySetArgs, PowerArgs, PsArgs, StateFilter,
 };
 use crate::config::Settings;
 use crate::exit::{chain, CliError};
 use crate::follow::{is_transient, Backoff, LogPosition};
 use crate::output::Out;
-use crate::render::board::{log_line, power_text};
+use crate::render::board::{clocks_text, log_line, power_text};
 use crate::render::fleet::{
     decision_heading, drain_text, event_line, events_table, experiments_table, labels_text,
     node_lines, node_zone_table, nodes_table, phase_color, policy_lines, runs_table, status_lines,
@@ -37,9 +37,9 @@ use crate::render::spec::spec_lines;
 use crate::spec_file::{generate_id, LoadedSpec};
 use crate::time::{human_duration, now_us, parse_since};
 use crate::views::{
-    phase_of, phase_word, DecisionView, DrainView, ExperimentView, ExplanationView, FleetEventView,
-    FleetExperimentList, FleetExperimentView, FleetNodeList, FleetNodeView, LogLineView,
-    PolicyView, PowerView, SpecView, SubmitList, SubmitView,
+    phase_of, phase_word, ClocksView, DecisionView, DrainView, ExperimentView, ExplanationView,
+    FleetEventView, FleetExperimentList, FleetExperimentView, FleetNodeList, FleetNodeView,
+    LogLineView, PolicyView, PowerView, SpecView, SubmitList, SubmitView,
 };
 
 type Client = ControllerClient<Channel>;
@@ -95,10 +95,6 @@ fn notice(text: &str) {
 /// Why `command` has no controller form, and what to do instead.
 fn agent_only(command: &Command) -> Option<&'static str> {
     match command {
-        Command::Clocks(_) => Some(
-            "the controller's API has no call to switch jetson_clocks yet; ask the board's \
-             agent directly, e.g. fleetctl --agent jetson-01.lab:7443 clocks jetson-01 on",
-        ),
         Command::Rm(_) => Some(
             "it deletes an experiment's files from one board; with a controller, cancel takes \
              an experiment out of the queue for good",
@@ -149,11 +145,11 @@ pub async fn run(
             label(target, node, labels, out).await
         }
         Command::Power(args) => power(target, args, out).await,
+        Command::Clocks(args) => clocks(target, args, out).await,
         Command::Policy(PolicyCommand::Get) => policy_get(target, out).await,
         Command::Policy(PolicyCommand::Set(args)) => policy_set(target, args, out).await,
         // Answered before any peer is chosen, or refused above.
-        Command::Clocks(_)
-        | Command::Rm(_)
+        Command::Rm(_)
         | Command::Autostart { .. }
         | Command::StartAll
         | Command::StopAll
@@ -1181,6 +1177,38 @@ async fn power(
     out.line(&power_text(&view, mode))
 }
 
+async fn clocks(
+    target: &ControllerTarget<'_>,
+    args: &ClocksArgs,
+    out: &mut Out,
+) -> Result<(), CliError> {
+    let (node, value) = node_and_value(&args.args);
+    let enabled = parse_on_off(value)?;
+    let node = merge_node(target.node, node)?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "name the board: fleetctl clocks NODE {value} (the controller switches any of them)"
+        ))
+    })?;
+    check_node(&node)?;
+    let mut client = target.connect().await?;
+    let r = client
+        .set_clocks(v1::SetNodeClocksRequest {
+            node: node.clone(),
+            enabled,
+        })
+        .await
+        .map_err(|s| CliError::rpc(format!("clocks {node} {value}"), s))?
+        .into_inner();
+    let view = ClocksView {
+        node: Some(node),
+        enabled: r.enabled,
+    };
+    if out.is_json() {
+        return out.json(&view);
+    }
+    out.line(&clocks_text(&view))
+}
+
 async fn policy_get(target: &ControllerTarget<'_>, out: &mut Out) -> Result<(), CliError> {
     let mut client = target.connect().await?;
     let p = client
@@ -1376,9 +1404,9 @@ mod tests {
         let clocks = Command::Clocks(crate::args::ClocksArgs {
             args: vec!["jetson-01".into(), "on".into()],
         });
-        let why = agent_only(&clocks).unwrap();
-        assert!(why.contains("--agent"), "{why}");
-        assert!(agent_only(&Command::StartAll).is_some());
+        assert!(agent_only(&clocks).is_none());
+        let why = agent_only(&Command::StartAll).unwrap();
+        assert!(why.contains("board"), "{why}");
         assert!(agent_only(&Command::Policy(PolicyCommand::Get)).is_none());
     }
 

@@ -579,5 +579,7 @@ fn the_board_its_power_mode_and_clocks() {
     assert!(lab.stub.board().last_power.clone().unwrap().allow_reboot);
 
     let v = lab.json(&["clocks", "on"]);
-    assert_eq!(v, serde_json::json!({"enabled": true}));
+    assert_eq!(v, serde_json::json!({"node": null, "enabled": true}));
+    let run = lab.run(&["clocks", "off"]).expect_code(0);
+    assert_eq!(run.stdout, "jetson_clocks is now off\n");
 }

@@ -209,11 +209,11 @@ fn a_controller_without_certificates_says_where_they_were_looked_for() {
     assert!(run.stderr.contains("fleetctl pki init"), "{}", run.stderr);
     // Agent-only commands are refused before any connection, naming --agent.
     let run = home
-        .run(&["--controller", "lab:7400", "clocks", "jetson-01", "on"])
+        .run(&["--controller", "lab:7400", "rm", "amnesiac-001"])
         .expect_code(1);
     assert!(
         run.stderr
-            .starts_with("fleetctl: \"clocks\" works only with --agent HOST:PORT: "),
+            .starts_with("fleetctl: \"rm\" works only with --agent HOST:PORT: "),
         "{}",
         run.stderr
     );

@@ -69,6 +69,7 @@ struct Fleet {
     drains: Vec<v1::DrainRequest>,
     set_labels: Vec<v1::SetLabelsRequest>,
     power: Vec<v1::SetNodePowerModeRequest>,
+    clocks: Vec<v1::SetNodeClocksRequest>,
     set_policies: Vec<v1::SetPolicyRequest>,
 }
 
@@ -537,6 +538,24 @@ impl Controller for Stub {
             }),
             reboot_required: false,
             changed: true,
+        }))
+    }
+
+    async fn set_clocks(
+        &self,
+        req: Request<v1::SetNodeClocksRequest>,
+    ) -> Result<Response<v1::SetNodeClocksResponse>, Status> {
+        let req = req.into_inner();
+        self.fleet().clocks.push(req.clone());
+        let n = self.node(&req.node)?;
+        if req.node == "jetson-02" {
+            return Err(Status::failed_precondition(
+                "the agent of jetson-02 refused to turn jetson_clocks on: no jetson_clocks on this board",
+            ));
+        }
+        Ok(Response::new(v1::SetNodeClocksResponse {
+            node: Some(n),
+            enabled: req.enabled,
         }))
     }
 
@@ -1422,15 +1441,41 @@ fn node_cordon_drain_label_and_power() {
         serde_json::json!({"node": "jetson-03", "mode": {"id": 2, "name": "MODE_30W"}, "changed": true, "reboot_required": false})
     );
 
-    // clocks has no controller call: refused before any, naming --agent.
-    let run = lab.run(&["clocks", "jetson-03", "on"]).expect_code(1);
-    assert!(
-        run.stderr
-            .starts_with("fleetctl: \"clocks\" works only with --agent HOST:PORT"),
-        "{}",
-        run.stderr
-    );
     assert_eq!(lab.stub.fleet().power.len(), 3);
+}
+
+#[test]
+fn clocks_through_the_controller() {
+    let lab = Lab::start();
+    for name in ["jetson-02", "jetson-03"] {
+        lab.stub
+            .fleet()
+            .nodes
+            .insert(name.into(), node(name, v1::ThermalState::Normal, 51.0));
+    }
+    let run = lab.run(&["clocks", "jetson-03", "on"]).expect_code(0);
+    assert_eq!(run.stdout, "jetson_clocks of jetson-03 is now on\n");
+    let req = lab.stub.fleet().clocks.last().unwrap().clone();
+    assert_eq!((req.node.as_str(), req.enabled), ("jetson-03", true));
+    let v = lab.json(&["--node", "jetson-03", "clocks", "off"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"node": "jetson-03", "enabled": false})
+    );
+    // The node is needed; the state is checked before any call.
+    let run = lab.run(&["clocks", "on"]).expect_code(2);
+    assert!(run.stderr.contains("name the board"), "{}", run.stderr);
+    lab.run(&["clocks", "jetson-03", "maybe"]).expect_code(2);
+    assert_eq!(lab.stub.fleet().clocks.len(), 2);
+    // Unknown node: 3; the board refuses: 4, with the controller's words.
+    let run = lab.run(&["clocks", "jetson-09", "on"]).expect_code(3);
+    assert!(run.stderr.contains("jetson-09"), "{}", run.stderr);
+    let run = lab.run(&["clocks", "jetson-02", "on"]).expect_code(4);
+    assert_eq!(
+        run.stderr,
+        "fleetctl: clocks jetson-02 on: the agent of jetson-02 refused to turn jetson_clocks on: \
+         no jetson_clocks on this board\n"
+    );
 }
 
 #[test]

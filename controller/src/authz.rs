@@ -2,11 +2,12 @@
 //!
 //! As the proto's header says: `viewer` users read; `operator` users also
 //! submit, cancel, stop and restart; `admin` users also manage nodes and
-//! the policy. Agents may only Join (the handler then takes the node name
-//! from the certificate, never from the request). The controller never
-//! calls itself, so its own identity may call nothing. Health is open to
-//! every fleet member (an agent may check its controller is up), reflection
-//! only to people. A method missing from the table is refused for all.
+//! the policy (cordon, drain, labels, power mode, jetson_clocks). Agents
+//! may only Join (the handler then takes the node name from the
+//! certificate, never from the request). The controller never calls
+//! itself, so its own identity may call nothing. Health is open to every
+//! fleet member (an agent may check its controller is up), reflection only
+//! to people. A method missing from the table is refused for all.
 
 use fleet_proto::identity::{Principal, Role};
 
@@ -41,6 +42,7 @@ pub const CONTROLLER_METHODS: &[(&str, Access)] = &[
     ("Drain", Access::Admin),
     ("SetLabels", Access::Admin),
     ("SetPowerMode", Access::Admin),
+    ("SetClocks", Access::Admin),
     ("AddNode", Access::Admin),
     ("RemoveNode", Access::Admin),
     ("GetPolicy", Access::Read),
@@ -191,6 +193,7 @@ mod tests {
             "Drain",
             "SetLabels",
             "SetPowerMode",
+            "SetClocks",
             "AddNode",
             "RemoveNode",
             "SetPolicy",

@@ -25,6 +25,37 @@ use crate::wire;
 /// How long a read waits for a board before answering from the store.
 const BOARD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How long a switch on a board (jetson_clocks runs a script) may take.
+const BOARD_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An error of a call the controller forwarded to a board's agent: a board
+/// it cannot reach is `Unavailable`, one that answered and refused is
+/// `FailedPrecondition` (a bad argument stays `InvalidArgument`), each
+/// message naming the board and what was asked.
+fn board_refusal(node: &str, what: &str, s: Status) -> Status {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => {
+            Status::unavailable(format!(
+                "cannot reach the agent of {node} to {what}: {}",
+                s.message()
+            ))
+        }
+        Code::InvalidArgument => Status::invalid_argument(format!(
+            "the agent of {node} refused to {what}: {}",
+            s.message()
+        )),
+        Code::PermissionDenied | Code::Unauthenticated => Status::permission_denied(format!(
+            "the agent of {node} does not let the controller {what}: {}",
+            s.message()
+        )),
+        _ => Status::failed_precondition(format!(
+            "the agent of {node} refused to {what}: {}",
+            s.message()
+        )),
+    }
+}
+
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct ControllerService {
@@ -667,6 +698,56 @@ impl Controller for ControllerService {
             mode: out.mode,
             reboot_required: out.reboot_required,
             changed: out.changed,
+        }))
+    }
+
+    async fn set_clocks(
+        &self,
+        req: Request<v1::SetNodeClocksRequest>,
+    ) -> Result<Response<v1::SetNodeClocksResponse>, Status> {
+        let r = req.into_inner();
+        let name = node_name(&r.node)?;
+        let n = self
+            .store
+            .node(&name)
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no node {}; list them with `fleetctl nodes`",
+                    name.as_str()
+                ))
+            })?;
+        let state = if r.enabled { "on" } else { "off" };
+        let link = self.live(name.as_str()).map(|l| l.link);
+        let client = self
+            .links
+            .client(name.as_str())
+            .filter(|_| link == Some(scheduler::Link::Fresh));
+        let Some(mut c) = client else {
+            return Err(Status::unavailable(format!(
+                "{} is not connected to the controller ({}); jetson_clocks was not switched {state}",
+                name.as_str(),
+                match link {
+                    Some(scheduler::Link::Down) => "lost",
+                    _ => "unreachable",
+                }
+            )));
+        };
+        let ask = c.set_clocks(v1::SetClocksRequest { enabled: r.enabled });
+        let out = match tokio::time::timeout(BOARD_CALL_TIMEOUT, ask).await {
+            Ok(Ok(out)) => out.into_inner(),
+            Ok(Err(s)) => return Err(board_refusal(name.as_str(), &format!("turn jetson_clocks {state}"), s)),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "the agent of {} did not answer within {}s; jetson_clocks may or may not be {state}",
+                    name.as_str(),
+                    BOARD_CALL_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        Ok(Response::new(v1::SetNodeClocksResponse {
+            node: Some(self.node_wire(&n)?),
+            enabled: out.enabled,
         }))
     }
 

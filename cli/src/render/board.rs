@@ -12,7 +12,7 @@ use fleet_proto::v1;
 
 use crate::output::{self, key_values, Cell, Color, Column, Table, NONE};
 use crate::time::{age, human_duration, local};
-use crate::views::{state_word, NodeInfoView, NodeView, PowerView, TelemetryView};
+use crate::views::{state_word, ClocksView, NodeInfoView, NodeView, PowerView, TelemetryView};
 
 /// The `ps` table.
 pub fn experiment_table(experiments: &[v1::ExperimentStatus], now: i64) -> Table {
@@ -433,6 +433,15 @@ pub fn power_text(v: &PowerView, asked: &str) -> String {
             "{subject} {name} needs a reboot of the board; run again with --allow-reboot to switch"
         ),
         (false, false) => format!("{subject} is already {name}"),
+    }
+}
+
+/// `jetson_clocks of jetson-01 is now on`.
+pub fn clocks_text(v: &ClocksView) -> String {
+    let state = if v.enabled { "on" } else { "off" };
+    match &v.node {
+        Some(node) => format!("jetson_clocks of {node} is now {state}"),
+        None => format!("jetson_clocks is now {state}"),
     }
 }
 

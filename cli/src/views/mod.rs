@@ -432,6 +432,9 @@ pub struct PowerView {
 /// `clocks`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClocksView {
+    /// The board, when the command named it.
+    pub node: Option<String>,
+    /// jetson_clocks as the board reports it after the switch.
     pub enabled: bool,
 }
 

@@ -2402,6 +2402,24 @@ pub struct SetNodePowerModeResponse {
     #[prost(bool, tag = "4")]
     pub changed: bool,
 }
+/// Named apart from the agent's SetClocksRequest, which shares the package.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetNodeClocksRequest {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub enabled: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetNodeClocksResponse {
+    #[prost(message, optional, tag = "1")]
+    pub node: ::core::option::Option<Node>,
+    /// jetson_clocks as the agent reports it after the switch.
+    #[prost(bool, tag = "2")]
+    pub enabled: bool,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AddNodeRequest {
@@ -3334,6 +3352,34 @@ pub mod controller_client {
                 .insert(GrpcMethod::new("fleet.v1.Controller", "SetPowerMode"));
             self.inner.unary(req, path, codec).await
         }
+        /// Turns jetson_clocks on or off on the node through its agent. A node
+        /// the controller does not know is NotFound; one it cannot reach now is
+        /// Unavailable; the agent's own refusal comes back as it gave it.
+        /// Role: admin.
+        pub async fn set_clocks(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetNodeClocksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetNodeClocksResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/fleet.v1.Controller/SetClocks",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("fleet.v1.Controller", "SetClocks"));
+            self.inner.unary(req, path, codec).await
+        }
         /// A node known by its address; stored, and kept across restarts.
         /// Role: admin.
         pub async fn add_node(
@@ -3575,6 +3621,17 @@ pub mod controller_server {
             request: tonic::Request<super::SetNodePowerModeRequest>,
         ) -> std::result::Result<
             tonic::Response<super::SetNodePowerModeResponse>,
+            tonic::Status,
+        >;
+        /// Turns jetson_clocks on or off on the node through its agent. A node
+        /// the controller does not know is NotFound; one it cannot reach now is
+        /// Unavailable; the agent's own refusal comes back as it gave it.
+        /// Role: admin.
+        async fn set_clocks(
+            &self,
+            request: tonic::Request<super::SetNodeClocksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SetNodeClocksResponse>,
             tonic::Status,
         >;
         /// A node known by its address; stored, and kept across restarts.
@@ -4334,6 +4391,51 @@ pub mod controller_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SetPowerModeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/fleet.v1.Controller/SetClocks" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetClocksSvc<T: Controller>(pub Arc<T>);
+                    impl<
+                        T: Controller,
+                    > tonic::server::UnaryService<super::SetNodeClocksRequest>
+                    for SetClocksSvc<T> {
+                        type Response = super::SetNodeClocksResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetNodeClocksRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Controller>::set_clocks(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetClocksSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
