@@ -37,7 +37,8 @@ use std::time::Duration;
 
 use fleet_controller::live::{NodeLive, ViewConfig};
 use fleet_controller::model::{Labels, ModeRef, NodeSource, Phase, RunStart};
-use fleet_controller::scheduler::{self, Link, Policy};
+use fleet_controller::reconciler;
+use fleet_controller::scheduler::{self, Detail, Link, Policy};
 use fleet_controller::store::{NewNode, Store, Transition};
 use fleet_proto::spec::{ExperimentId, ExperimentSpec, NodeName};
 use fleet_proto::v1;
@@ -185,16 +186,9 @@ async fn place_all(
         }
         let started = Instant::now();
         first.get_or_insert(started);
-        let experiments = store.experiments().expect("experiments readable");
-        let views: Vec<_> = store
-            .nodes()
-            .expect("nodes readable")
-            .into_iter()
-            .map(|n| {
-                fleet_controller::wire::node_view(&n, lives.get(&n.name), &experiments, &config)
-            })
-            .collect();
-        let decisions = scheduler::plan(&pending, &views, &policy);
+        let views = reconciler::views_with(store, &config, |n| lives.get(n).cloned())
+            .expect("views readable");
+        let decisions = scheduler::plan_with(&pending, &views, &policy, Detail::Compact);
         let planned = Instant::now();
         let results = store.record_pass(&decisions).await.expect("pass stored");
         let durable = Instant::now();

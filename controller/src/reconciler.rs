@@ -153,18 +153,12 @@ impl Reconciler {
     pub fn views(store: &Store, links: &Links, s: &Settings) -> Result<Vec<NodeView>, StoreError> {
         let now = Instant::now();
         let live = links.all_live();
-        let experiments = store.experiments()?;
         let config = crate::live::ViewConfig {
             slots_per_node: s.slots_per_node,
         };
-        Ok(store
-            .nodes()?
-            .into_iter()
-            .map(|n| {
-                let l = live.get(n.name.as_str()).map(|l| node_live(l, now, s));
-                crate::wire::node_view(&n, l.as_ref(), &experiments, &config)
-            })
-            .collect())
+        views_with(store, &config, |name| {
+            live.get(name.as_str()).map(|l| node_live(l, now, s))
+        })
     }
 
     async fn schedule(&mut self) -> Result<(), StoreError> {
@@ -174,7 +168,9 @@ impl Reconciler {
         }
         let views = Self::views(&self.store, &self.links, &self.settings)?;
         let policy = self.store.policy()?.map(|p| p.policy).unwrap_or_default();
-        let decisions = scheduler::plan(&pending, &views, &policy);
+        // What a pass stores for Explain: the nodes that matter and counts
+        // for the rest (a full table per experiment is for people asking).
+        let decisions = scheduler::plan_with(&pending, &views, &policy, scheduler::Detail::Compact);
         let switches: HashMap<ExperimentId, ModeInfo> = decisions
             .iter()
             .filter_map(|d| match &d.outcome {
@@ -763,6 +759,28 @@ impl Reconciler {
         }
         Ok(())
     }
+}
+
+/// What the scheduler sees of every stored node, with its live state from
+/// `live`: stored records and telemetry joined by [`crate::wire::node_view`].
+pub fn views_with(
+    store: &Store,
+    config: &crate::live::ViewConfig,
+    live: impl Fn(&NodeName) -> Option<crate::live::NodeLive>,
+) -> Result<Vec<NodeView>, StoreError> {
+    let experiments = store.experiments()?;
+    let by_id: HashMap<&ExperimentId, &ExperimentRecord> =
+        experiments.iter().map(|e| (&e.id, e)).collect();
+    Ok(store
+        .nodes()?
+        .into_iter()
+        .map(|n| {
+            let l = live(&n.name);
+            // Each node's own experiments, not the whole list per node.
+            let here = n.experiments.iter().filter_map(|id| by_id.get(id).copied());
+            crate::wire::node_view(&n, l.as_ref(), here, config)
+        })
+        .collect())
 }
 
 /// The live state of a node as the wire and the scheduler take it.

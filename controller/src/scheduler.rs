@@ -11,11 +11,17 @@
 //! 1. **Filters.** Every node is checked against every filter and each
 //!    failure is kept as a [`Rejection`] that says what was wrong in numbers,
 //!    so a person can read why (`too hot: 73.5 °C ≥ warn 75.0 − margin 5.0`).
+//!    How much of that a decision keeps is its [`Detail`]: every node for a
+//!    person asking (dry run, Explain's `now`), or, for what a pass stores,
+//!    the nodes that matter (the best that fit, a few per failed filter)
+//!    and counts for every node ([`Tally`]). The words are only written
+//!    for the nodes kept; the others only say which filters they failed.
 //! 2. **Score.** A node that passes every filter is scored by the policy's
 //!    weighted mean of five terms in [0, 1] (temperature headroom, idle CPU,
 //!    free memory, free slots, fullness); the best score wins and equal scores
 //!    go to the node whose name sorts first, so the same inputs always give
-//!    the same placement.
+//!    the same placement. Only the best few are kept in order (no sort of
+//!    the whole fleet per experiment) unless every verdict is asked for.
 //! 3. **Order.** Experiments are taken by priority, then age. One that cannot
 //!    be placed does not hold the ones behind it (they backfill whatever fits)
 //!    unless the policy asks for `strict_order`. Every placement in a pass
@@ -461,6 +467,8 @@ pub struct NodeView {
     pub gpu: bool,
 }
 
+const FILTERS: usize = 12;
+
 /// One filter, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -480,6 +488,21 @@ pub enum Filter {
 }
 
 impl Filter {
+    pub const ALL: [Filter; FILTERS] = [
+        Self::Link,
+        Self::Cordoned,
+        Self::Draining,
+        Self::Thermal,
+        Self::Temperature,
+        Self::MaxTemp,
+        Self::Memory,
+        Self::Slots,
+        Self::Pin,
+        Self::Labels,
+        Self::PowerMode,
+        Self::Gpu,
+    ];
+
     /// Short form for a summary: "2 too hot, 1 cordoned".
     pub fn short(self) -> &'static str {
         match self {
@@ -753,9 +776,69 @@ pub struct Decision {
     pub experiment: ExperimentId,
     pub policy: PolicyName,
     pub outcome: Outcome,
-    /// Every node: those that fit, best first, then the others by name.
+    /// The nodes shown, those that fit best first, then the others by name:
+    /// every node with [`Detail::Full`]; with [`Detail::Compact`] the
+    /// [`COMPACT_FITTING`] best that fit (the chosen one first) and, for
+    /// each filter, the first [`COMPACT_PER_FILTER`] nodes by name that
+    /// failed it. A node shown is shown whole, with all its reasons.
     pub verdicts: Vec<NodeVerdict>,
+    /// How every node fared, shown or not. Absent from decisions stored
+    /// before it existed (their `verdicts` hold every node).
+    #[serde(default)]
+    pub tally: Tally,
 }
+
+/// Counts over every node of a decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Nodes considered.
+    pub nodes: u32,
+    /// Nodes that passed every filter.
+    pub fit: u32,
+    /// Nodes that failed each filter; a node failing two filters counts
+    /// under both, one failing two checks of one filter once.
+    pub rejected: BTreeMap<Filter, u32>,
+}
+
+impl Tally {
+    /// The counts of a decision that lists every node.
+    pub fn of(verdicts: &[NodeVerdict]) -> Self {
+        let mut t = Tally::default();
+        for v in verdicts {
+            let set: BTreeSet<Filter> = v.rejections.iter().map(Rejection::filter).collect();
+            t.add(set.into_iter());
+        }
+        t
+    }
+
+    fn add(&mut self, failed: impl Iterator<Item = Filter>) {
+        self.nodes += 1;
+        let mut fits = true;
+        for f in failed {
+            fits = false;
+            *self.rejected.entry(f).or_default() += 1;
+        }
+        if fits {
+            self.fit += 1;
+        }
+    }
+}
+
+/// How much of every node's verdict a decision keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Every node, sorted: for a person asking (dry run, Explain's `now`).
+    Full,
+    /// The nodes that matter and counts for the rest: what a pass stores.
+    Compact,
+}
+
+/// Fitting nodes a compact decision shows: the chosen one and the next
+/// best.
+pub const COMPACT_FITTING: usize = 5;
+/// Nodes a compact decision shows for each filter, the first by name that
+/// failed it.
+pub const COMPACT_PER_FILTER: u32 = 3;
 
 impl Decision {
     pub fn node(&self) -> Option<&NodeName> {
@@ -763,6 +846,21 @@ impl Decision {
             Outcome::Placed { node, .. } => Some(node),
             Outcome::Unschedulable | Outcome::Blocked { .. } => None,
         }
+    }
+
+    /// How every node fared; counted from the verdicts for a decision
+    /// stored before decisions carried their counts.
+    pub fn tally(&self) -> Tally {
+        if self.tally.nodes == 0 && !self.verdicts.is_empty() {
+            Tally::of(&self.verdicts)
+        } else {
+            self.tally.clone()
+        }
+    }
+
+    /// Whether every node considered is in `verdicts`.
+    pub fn lists_every_node(&self) -> bool {
+        self.verdicts.len() >= self.tally().nodes as usize
     }
 
     /// For people: "placed on jetson-03 (score 0.82, balanced)",
@@ -782,20 +880,13 @@ impl Decision {
                 }
                 s
             }
-            Outcome::Unschedulable if self.verdicts.is_empty() => {
-                "no node fits: the fleet has no nodes".to_owned()
-            }
             Outcome::Unschedulable => {
-                let mut counts: BTreeMap<Filter, usize> = BTreeMap::new();
-                for v in &self.verdicts {
-                    // A node failing two checks of one filter counts once.
-                    let filters: BTreeSet<Filter> =
-                        v.rejections.iter().map(Rejection::filter).collect();
-                    for filter in filters {
-                        *counts.entry(filter).or_default() += 1;
-                    }
+                let tally = self.tally();
+                if tally.nodes == 0 {
+                    return "no node fits: the fleet has no nodes".to_owned();
                 }
-                let parts: Vec<String> = counts
+                let parts: Vec<String> = tally
+                    .rejected
                     .iter()
                     .map(|(filter, n)| format!("{n} {}", filter.short()))
                     .collect();
@@ -830,12 +921,81 @@ impl Usage {
     }
 }
 
-/// Decides where each pending experiment goes, in priority then age order.
+/// Decides where each pending experiment goes, in priority then age order,
+/// keeping every node's verdict in every decision ([`Detail::Full`]).
 ///
 /// Returns one decision per experiment in that order. Placements are not
 /// stored here: the caller stores them (with a new epoch each) and may stop
 /// at the first one it cannot store; the next pass re-reads everything.
 pub fn plan(pending: &[Pending], nodes: &[NodeView], policy: &Policy) -> Vec<Decision> {
+    plan_with(pending, nodes, policy, Detail::Full)
+}
+
+/// [`plan`], keeping as much of each node's verdict as `detail` says. The
+/// placements are the same whatever the detail.
+pub fn plan_with(
+    pending: &[Pending],
+    nodes: &[NodeView],
+    policy: &Policy,
+    detail: Detail,
+) -> Vec<Decision> {
+    let mut out = Vec::with_capacity(pending.len());
+    run(
+        pending,
+        nodes,
+        policy,
+        |_| detail,
+        |d| {
+            out.push(d);
+            true
+        },
+    );
+    out
+}
+
+/// The decision for one experiment of the queue, with every node's
+/// verdict, as the pass that decides it would make it: the experiments
+/// ahead of it are planned compactly, those behind it not at all.
+pub fn plan_for(
+    pending: &[Pending],
+    nodes: &[NodeView],
+    policy: &Policy,
+    id: &ExperimentId,
+) -> Option<Decision> {
+    let mut found = None;
+    run(
+        pending,
+        nodes,
+        policy,
+        |p| {
+            if &p.id == id {
+                Detail::Full
+            } else {
+                Detail::Compact
+            }
+        },
+        |d| {
+            if &d.experiment == id {
+                found = Some(d);
+                false
+            } else {
+                true
+            }
+        },
+    );
+    found
+}
+
+/// The pass itself: decides each experiment in queue order with the detail
+/// `detail_of` asks for and hands the decision to `emit`, which returns
+/// whether to go on.
+fn run(
+    pending: &[Pending],
+    nodes: &[NodeView],
+    policy: &Policy,
+    detail_of: impl Fn(&Pending) -> Detail,
+    mut emit: impl FnMut(Decision) -> bool,
+) {
     let mut order: Vec<&Pending> = pending.iter().collect();
     order.sort_by(|a, b| queue_order(a, b));
 
@@ -849,43 +1009,136 @@ pub fn plan(pending: &[Pending], nodes: &[NodeView], policy: &Policy) -> Vec<Dec
     let weights = policy.weights();
 
     let mut blocker: Option<&ExperimentId> = None;
-    let mut decisions = Vec::with_capacity(order.len());
     for p in order {
-        let mut verdicts: Vec<(usize, NodeVerdict)> = nodes
-            .iter()
-            .zip(&usage)
-            .enumerate()
-            .map(|(i, (node, u))| (i, evaluate(p, node, u, policy, &weights)))
-            .collect();
-        verdicts.sort_by(|(_, a), (_, b)| verdict_order(a, b));
+        let detail = detail_of(p);
+        let shown = survey(p, &nodes, &usage, policy, &weights, detail);
 
-        let outcome = match (blocker, verdicts.first()) {
+        let outcome = match (blocker, shown.best) {
             (Some(behind), _) => Outcome::Blocked {
                 behind: behind.clone(),
             },
-            (None, Some((i, best))) if best.fits() => {
-                let switch_to = mode_switch(&p.req, nodes[*i], &usage[*i]);
-                consume(&mut usage[*i], nodes[*i], &p.req, switch_to.as_ref());
+            (None, Some(i)) => {
+                let switch_to = mode_switch(&p.req, nodes[i], &usage[i]);
+                consume(&mut usage[i], nodes[i], &p.req, switch_to.as_ref());
                 Outcome::Placed {
-                    node: best.node.clone(),
+                    node: nodes[i].name.clone(),
                     switch_to,
                 }
             }
-            (None, _) => {
+            (None, None) => {
                 if policy.strict_order {
                     blocker = Some(&p.id);
                 }
                 Outcome::Unschedulable
             }
         };
-        decisions.push(Decision {
+        let go_on = emit(Decision {
             experiment: p.id.clone(),
             policy: policy.policy,
             outcome,
-            verdicts: verdicts.into_iter().map(|(_, v)| v).collect(),
+            verdicts: shown.verdicts,
+            tally: shown.tally,
         });
+        if !go_on {
+            return;
+        }
     }
-    decisions
+}
+
+/// What one experiment's look over the nodes found.
+struct Survey {
+    /// The index of the best node that fits.
+    best: Option<usize>,
+    /// In [`Decision::verdicts`] order.
+    verdicts: Vec<NodeVerdict>,
+    tally: Tally,
+}
+
+/// Checks every node for one experiment against the usage so far. Only the
+/// nodes shown get a [`NodeVerdict`] (and their reasons in words); the
+/// others are counted. `nodes` is sorted by name.
+fn survey(
+    p: &Pending,
+    nodes: &[&NodeView],
+    usage: &[Usage],
+    policy: &Policy,
+    weights: &Weights,
+    detail: Detail,
+) -> Survey {
+    let margin_c = policy.temp_margin_c;
+    let keep_fitting = match detail {
+        Detail::Full => usize::MAX,
+        Detail::Compact => COMPACT_FITTING,
+    };
+    // Fitting nodes shown, best first (equal scores by name, which is
+    // index order).
+    let mut fitting: Vec<(usize, Score)> = Vec::new();
+    let mut rejected: Vec<usize> = Vec::new();
+    let mut shown_per_filter = [0u32; FILTERS];
+    let mut fit = 0u32;
+    let mut counts = [0u32; FILTERS];
+    for (i, (node, u)) in nodes.iter().zip(usage).enumerate() {
+        let mut failed = FilterSet::default();
+        check(&p.req, node, u, margin_c, &mut failed);
+        if failed.is_empty() {
+            fit += 1;
+            let s = score(&p.req, node, u, margin_c, weights);
+            let better = |(_, t): &(usize, Score)| s.total > t.total;
+            if keep_fitting == usize::MAX {
+                fitting.push((i, s));
+            } else if fitting.len() < keep_fitting || fitting.last().is_some_and(better) {
+                // Later nodes sort after earlier ones of equal score.
+                let at = fitting.iter().position(better).unwrap_or(fitting.len());
+                fitting.insert(at, (i, s));
+                fitting.truncate(keep_fitting);
+            }
+            continue;
+        }
+        let mut show = detail == Detail::Full;
+        for f in failed.iter() {
+            counts[f as usize] += 1;
+            show |= shown_per_filter[f as usize] < COMPACT_PER_FILTER;
+        }
+        if show {
+            for f in failed.iter() {
+                shown_per_filter[f as usize] += 1;
+            }
+            rejected.push(i);
+        }
+    }
+    if keep_fitting == usize::MAX {
+        fitting.sort_by(|(i, a), (j, b)| b.total.total_cmp(&a.total).then(i.cmp(j)));
+    }
+    let best = fitting.first().map(|(i, _)| *i);
+    let mut verdicts = Vec::with_capacity(fitting.len() + rejected.len());
+    verdicts.extend(fitting.into_iter().map(|(i, s)| NodeVerdict {
+        node: nodes[i].name.clone(),
+        rejections: Vec::new(),
+        score: Some(s),
+    }));
+    verdicts.extend(rejected.into_iter().map(|i| {
+        let mut rejections = Vec::new();
+        check(&p.req, nodes[i], &usage[i], margin_c, &mut rejections);
+        NodeVerdict {
+            node: nodes[i].name.clone(),
+            rejections,
+            score: None,
+        }
+    }));
+    let tally = Tally {
+        nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+        fit,
+        rejected: Filter::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+    };
+    Survey {
+        best,
+        verdicts,
+        tally,
+    }
 }
 
 /// Priority (higher first), then submission order, then id.
@@ -897,63 +1150,67 @@ pub fn queue_order(a: &Pending, b: &Pending) -> Ordering {
         .then_with(|| a.id.cmp(&b.id))
 }
 
-/// Fitting nodes first, best score first; equal scores and non-fitting
-/// nodes by name.
-fn verdict_order(a: &NodeVerdict, b: &NodeVerdict) -> Ordering {
-    match (a.score, b.score) {
-        (Some(x), Some(y)) => y
-            .total
-            .total_cmp(&x.total)
-            .then_with(|| a.node.cmp(&b.node)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a.node.cmp(&b.node),
+/// Where the filters put what they find: the rejections in full, or only
+/// which filters failed.
+trait Sink {
+    fn reject(&mut self, filter: Filter, why: impl FnOnce() -> Rejection);
+}
+
+impl Sink for Vec<Rejection> {
+    fn reject(&mut self, filter: Filter, why: impl FnOnce() -> Rejection) {
+        let r = why();
+        debug_assert_eq!(r.filter(), filter);
+        self.push(r);
     }
 }
 
-/// Runs every filter, then scores a node that passes them all.
-fn evaluate(
-    p: &Pending,
-    node: &NodeView,
-    usage: &Usage,
-    policy: &Policy,
-    weights: &Weights,
-) -> NodeVerdict {
-    let rejections = filters(&p.req, node, usage, policy.temp_margin_c);
-    let score = rejections
-        .is_empty()
-        .then(|| score(&p.req, node, usage, policy.temp_margin_c, weights));
-    NodeVerdict {
-        node: node.name.clone(),
-        rejections,
-        score,
+/// The filters a node failed, as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FilterSet(u16);
+
+impl FilterSet {
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn iter(self) -> impl Iterator<Item = Filter> {
+        Filter::ALL
+            .into_iter()
+            .filter(move |f| self.0 & (1 << *f as u16) != 0)
     }
 }
 
-fn filters(req: &Requirements, node: &NodeView, usage: &Usage, margin_c: f64) -> Vec<Rejection> {
-    let mut out = Vec::new();
+impl Sink for FilterSet {
+    fn reject(&mut self, filter: Filter, _why: impl FnOnce() -> Rejection) {
+        self.0 |= 1 << filter as u16;
+    }
+}
+
+/// Runs every filter: the one definition of what fits, whether the
+/// reasons are wanted in full or only counted.
+fn check(req: &Requirements, node: &NodeView, usage: &Usage, margin_c: f64, out: &mut impl Sink) {
     match node.link {
         Link::Fresh => {}
-        Link::Stale => out.push(Rejection::Stale),
-        Link::Down => out.push(Rejection::NotConnected),
+        Link::Stale => out.reject(Filter::Link, || Rejection::Stale),
+        Link::Down => out.reject(Filter::Link, || Rejection::NotConnected),
     }
     if node.cordoned {
-        out.push(Rejection::Cordoned);
+        out.reject(Filter::Cordoned, || Rejection::Cordoned);
     }
     if node.draining {
-        out.push(Rejection::Draining);
+        out.reject(Filter::Draining, || Rejection::Draining);
     }
     if node.thermal != Thermal::Normal || !node.accepting {
-        out.push(Rejection::ThermalGuard {
+        out.reject(Filter::Thermal, || Rejection::ThermalGuard {
             state: node.thermal,
             accepting: node.accepting,
         });
     }
     match node.hottest_c {
-        None => out.push(Rejection::NoTemperature),
+        None => out.reject(Filter::Temperature, || Rejection::NoTemperature),
         Some(hottest_c) => {
             if hottest_c >= node.warn_c - margin_c {
-                out.push(Rejection::TooHot {
+                out.reject(Filter::Temperature, || Rejection::TooHot {
                     hottest_c,
                     warn_c: node.warn_c,
                     margin_c,
@@ -961,7 +1218,7 @@ fn filters(req: &Requirements, node: &NodeView, usage: &Usage, margin_c: f64) ->
             }
             if let Some(max_temp_c) = req.max_temp_c {
                 if hottest_c >= max_temp_c {
-                    out.push(Rejection::AboveMaxTemp {
+                    out.reject(Filter::MaxTemp, || Rejection::AboveMaxTemp {
                         hottest_c,
                         max_temp_c,
                     });
@@ -972,39 +1229,43 @@ fn filters(req: &Requirements, node: &NodeView, usage: &Usage, margin_c: f64) ->
     let needed = req.memory_max.unwrap_or(0);
     let unreserved = node.memory_total.saturating_sub(usage.memory_reserved);
     if needed > unreserved {
-        out.push(Rejection::Memory {
+        out.reject(Filter::Memory, || Rejection::Memory {
             needed,
             unreserved,
             total: node.memory_total,
         });
     }
     if usage.slots_used >= node.slots_max {
-        out.push(Rejection::Slots {
+        out.reject(Filter::Slots, || Rejection::Slots {
             used: usage.slots_used,
             max: node.slots_max,
         });
     }
     if let Some(pin) = &req.node {
         if *pin != node.name {
-            out.push(Rejection::Pinned { to: pin.clone() });
+            out.reject(Filter::Pin, || Rejection::Pinned { to: pin.clone() });
         }
     }
-    let mismatched: Vec<_> = req
+    if req
         .labels
         .iter()
-        .filter(|(k, v)| node.labels.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone(), node.labels.get(k).cloned()))
-        .collect();
-    if !mismatched.is_empty() {
-        out.push(Rejection::Labels { mismatched });
+        .any(|(k, v)| node.labels.get(k) != Some(v))
+    {
+        out.reject(Filter::Labels, || Rejection::Labels {
+            mismatched: req
+                .labels
+                .iter()
+                .filter(|(k, v)| node.labels.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone(), node.labels.get(k).cloned()))
+                .collect(),
+        });
     }
     if let Some(r) = power_mode_rejection(req, node, usage) {
-        out.push(r);
+        out.reject(Filter::PowerMode, || r);
     }
     if req.gpu && !node.gpu {
-        out.push(Rejection::NoGpu);
+        out.reject(Filter::Gpu, || Rejection::NoGpu);
     }
-    out
 }
 
 fn power_mode_rejection(req: &Requirements, node: &NodeView, usage: &Usage) -> Option<Rejection> {

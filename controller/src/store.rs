@@ -8,7 +8,7 @@
 //! | `nodes`       | name                                  | [`NodeRecord`] (JSON)         |
 //! | `placements`  | id                                    | [`PlacementRecord`] (JSON)    |
 //! | `events`      | seq (u64 BE)                          | [`EventRecord`] (JSON)        |
-//! | `decisions`   | id                                    | [`DecisionRecord`] (JSON): the last one |
+//! | `decisions`   | id                                    | [`DecisionRecord`] (JSON): the last one, compact ([`crate::scheduler::Detail`]) |
 //! | `meta`        | counter or setting name               | u64 BE counters, [`PolicyRecord`] |
 //!
 //! Invariants, each kept by doing every change in one sled transaction over
@@ -576,9 +576,12 @@ impl Tx<'_> {
     /// Records the decision unless the stored one says the same.
     fn record_decision(&self, decision: &Decision, epoch: Option<u64>) -> TxResult<()> {
         let key = decision.experiment.as_str().as_bytes();
-        let old: Option<DecisionRecord> = Self::get(self.decisions, "decisions", key)?;
-        if old.is_some_and(|old| old.decision == *decision && old.epoch == epoch) {
-            return Ok(());
+        // A placement's epoch is new: no stored decision says the same.
+        if epoch.is_none() {
+            let old: Option<DecisionRecord> = Self::get(self.decisions, "decisions", key)?;
+            if old.is_some_and(|old| old.decision == *decision && old.epoch == epoch) {
+                return Ok(());
+            }
         }
         let rec = DecisionRecord {
             version: RECORD_VERSION,
@@ -928,40 +931,46 @@ impl Store {
     }
 
     /// Stores a scheduler pass: each placing decision becomes a placement
-    /// (as [`Store::place`]) and every decision is kept for Explain. Each
-    /// placement is its own transaction, so one refused does not undo the
-    /// others; a single flush covers them all.
+    /// (as [`Store::place`]) and every decision is kept for Explain. The
+    /// pass is one transaction in which each placement is checked on its
+    /// own: one refused (the experiment cancelled meanwhile, the node
+    /// cordoned) writes nothing and does not undo the others. One flush
+    /// covers the pass; it returns after it, so every placement it reports
+    /// is durable before anyone is told to start it.
     pub async fn record_pass(
         &self,
         decisions: &[Decision],
     ) -> Result<Vec<Result<Placed, StoreError>>, StoreError> {
-        let mut results = Vec::new();
-        for decision in decisions {
-            match &decision.outcome {
-                Outcome::Placed { node, .. } => {
-                    results.push(
-                        self.txn(|tx| place_in(tx, &decision.experiment, node, Some(decision))),
-                    );
-                }
-                Outcome::Unschedulable | Outcome::Blocked { .. } => {
-                    let summary = decision.summary();
-                    self.txn(|tx| {
+        let results = self.txn(|tx| {
+            let mut results = Vec::new();
+            for decision in decisions {
+                match &decision.outcome {
+                    Outcome::Placed { node, .. } => {
+                        results.push(match check_place(tx, &decision.experiment, node)? {
+                            Ok((rec, node_rec)) => {
+                                Ok(write_place(tx, rec, node_rec, Some(decision))?)
+                            }
+                            Err(e) => Err(e),
+                        });
+                    }
+                    Outcome::Unschedulable | Outcome::Blocked { .. } => {
                         tx.record_decision(decision, None)?;
                         // The queued reason follows the decision, so List shows it.
+                        let summary = decision.summary();
                         let key = decision.experiment.as_str().as_bytes();
                         if let Some(mut rec) =
                             Tx::get::<ExperimentRecord>(tx.experiments, "experiments", key)?
                         {
                             if rec.phase == Phase::Queued && rec.reason != summary {
-                                rec.reason = summary.clone();
+                                rec.reason = summary;
                                 tx.put_experiment(&mut rec)?;
                             }
                         }
-                        Ok(())
-                    })?;
+                    }
                 }
             }
-        }
+            Ok(results)
+        })?;
         let up_to = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -1486,30 +1495,62 @@ fn place_in(
     node: &NodeName,
     decision: Option<&Decision>,
 ) -> TxResult<Placed> {
-    let mut rec = tx.experiment(id)?;
+    match check_place(tx, id, node)? {
+        Ok((rec, node_rec)) => write_place(tx, rec, node_rec, decision),
+        Err(e) => abort(e),
+    }
+}
+
+/// Whether a placement may be stored: the experiment is still queued, and
+/// pinned to this node if pinned; the node exists and takes new work. The
+/// records to change come back with a yes; a no writes nothing.
+fn check_place(
+    tx: &Tx<'_>,
+    id: &ExperimentId,
+    node: &NodeName,
+) -> TxResult<Result<(ExperimentRecord, NodeRecord), StoreError>> {
+    let Some(rec) =
+        Tx::get::<ExperimentRecord>(tx.experiments, "experiments", id.as_str().as_bytes())?
+    else {
+        return Ok(Err(StoreError::ExperimentNotFound { id: id.clone() }));
+    };
     if rec.phase != Phase::Queued {
-        return abort(StoreError::PhaseConflict {
+        return Ok(Err(StoreError::PhaseConflict {
             id: id.clone(),
             expected: Phase::Queued,
             found: rec.phase,
-        });
+        }));
     }
     if let Some(pin) = &rec.req.node {
         if pin != node {
-            return abort(StoreError::Inconsistent(format!(
+            return Ok(Err(StoreError::Inconsistent(format!(
                 "experiment {id} is pinned to {pin}, not {node}"
-            )));
+            ))));
         }
     }
-    let Some(mut node_rec) = tx.node(node)? else {
-        return abort(StoreError::NodeNotFound { node: node.clone() });
+    let Some(node_rec) = tx.node(node)? else {
+        return Ok(Err(StoreError::NodeNotFound { node: node.clone() }));
     };
     if let Some(why) = node_rec.unavailable() {
-        return abort(StoreError::NodeUnavailable {
+        return Ok(Err(StoreError::NodeUnavailable {
             node: node.clone(),
             why,
-        });
+        }));
     }
+    Ok(Ok((rec, node_rec)))
+}
+
+/// Writes a placement [`check_place`] allowed: the next epoch, the queue
+/// entry gone, the placement, the node's reservation, the experiment's
+/// phase, the decision and the `placed` event.
+fn write_place(
+    tx: &Tx<'_>,
+    mut rec: ExperimentRecord,
+    mut node_rec: NodeRecord,
+    decision: Option<&Decision>,
+) -> TxResult<Placed> {
+    let id = &rec.id.clone();
+    let node = &node_rec.name.clone();
     let epoch = tx.bump(META_EPOCH)?;
     let key = id.as_str().as_bytes();
     tx.queue

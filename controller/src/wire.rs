@@ -384,6 +384,7 @@ pub fn decision(d: &Decision, at: UnixMicros, epoch: Option<u64>, dry_run: bool)
         policy,
         outcome,
         verdicts,
+        tally: _,
     } = d;
     let (outcome, node) = match outcome {
         // The summary says when it switches the node's mode.
@@ -399,10 +400,46 @@ pub fn decision(d: &Decision, at: UnixMicros, epoch: Option<u64>, dry_run: bool)
         outcome: outcome as i32,
         node,
         epoch: epoch.unwrap_or(0),
-        summary: d.summary(),
+        summary: summary(d),
         nodes: verdicts.iter().map(verdict).collect(),
         dry_run,
     }
+}
+
+/// The decision's summary; when it does not list every node, it says which
+/// it lists and how the others fared, so the list is not read as the fleet.
+fn summary(d: &Decision) -> String {
+    let mut s = d.summary();
+    if d.lists_every_node() {
+        return s;
+    }
+    let tally = d.tally();
+    let fit_shown = d.verdicts.iter().filter(|v| v.fits()).count();
+    let mut shown = vec![];
+    if fit_shown > 0 {
+        shown.push(format!("the {fit_shown} best that fit"));
+    }
+    if fit_shown < d.verdicts.len() {
+        shown.push(format!(
+            "up to {} per reason for refusal",
+            crate::scheduler::COMPACT_PER_FILTER
+        ));
+    }
+    let mut counts = vec![format!("{} fit", tally.fit)];
+    counts.extend(
+        tally
+            .rejected
+            .iter()
+            .map(|(f, n)| format!("{n} {}", f.short())),
+    );
+    s.push_str(&format!(
+        "; {} of {} nodes listed ({}); of all nodes: {}",
+        d.verdicts.len(),
+        tally.nodes,
+        shown.join(", "),
+        counts.join(", ")
+    ));
+    s
 }
 
 /// One node's filter results and score; each rejection as a person reads
@@ -1506,6 +1543,33 @@ mod tests {
         assert_eq!(w.outcome(), v1::DecisionOutcome::Blocked);
         assert_eq!(w.node, "");
         assert!(w.summary.contains("behind big"), "{}", w.summary);
+    }
+
+    #[test]
+    fn a_decision_that_lists_some_nodes_says_so_and_counts_the_rest() {
+        let mut nodes: Vec<NodeView> = (0..8).map(|i| view(&format!("j{i}"))).collect();
+        let mut hot = view("k-hot");
+        hot.hottest_c = Some(72.0);
+        nodes.push(hot);
+        let p = Policy::default();
+        let compact =
+            scheduler::plan_with(&[pending("a", GIB)], &nodes, &p, scheduler::Detail::Compact);
+        let w = decision(&compact[0], T0, Some(3), false);
+        assert_eq!(w.nodes.len(), 6);
+        assert!(
+            w.summary.starts_with("placed on j0 (score ")
+                && w.summary.ends_with(
+                    "; 6 of 9 nodes listed (the 5 best that fit, up to 3 per reason for \
+                     refusal); of all nodes: 8 fit, 1 too hot"
+                ),
+            "{}",
+            w.summary
+        );
+        // Every node listed: the summary alone.
+        let full = scheduler::plan(&[pending("a", GIB)], &nodes, &p);
+        let w = decision(&full[0], T0, Some(3), false);
+        assert_eq!(w.nodes.len(), 9);
+        assert_eq!(w.summary, full[0].summary());
     }
 
     #[test]

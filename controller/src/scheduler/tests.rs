@@ -819,3 +819,141 @@ impl NodeVerdict {
         self.rejections.iter().map(ToString::to_string).collect()
     }
 }
+
+// Detail.
+
+/// A fleet where every filter but one has something to say: 8 idle nodes
+/// with temperatures spread so scores differ, 4 too hot, 4 cordoned, 2
+/// both.
+fn mixed_fleet() -> Vec<NodeView> {
+    let mut nodes = Vec::new();
+    for i in 0..8 {
+        let mut n = node(&format!("fit-{i}"));
+        n.hottest_c = Some(30.0 + f64::from(i));
+        nodes.push(n);
+    }
+    for i in 0..4 {
+        let mut n = node(&format!("hot-{i}"));
+        n.hottest_c = Some(72.0);
+        nodes.push(n);
+    }
+    for i in 0..4 {
+        let mut n = node(&format!("off-{i}"));
+        n.cordoned = true;
+        nodes.push(n);
+    }
+    for i in 0..2 {
+        let mut n = node(&format!("both-{i}"));
+        n.cordoned = true;
+        n.hottest_c = Some(80.0);
+        nodes.push(n);
+    }
+    nodes
+}
+
+fn queue(n: u64) -> Vec<Pending> {
+    (1..=n).map(|i| pending(&format!("e{i}"), 0, i)).collect()
+}
+
+#[test]
+fn compact_and_full_decisions_place_alike_and_count_alike() {
+    let nodes = mixed_fleet();
+    for name in PolicyName::ALL {
+        let p = policy(name);
+        let full = plan_with(&queue(40), &nodes, &p, Detail::Full);
+        let compact = plan_with(&queue(40), &nodes, &p, Detail::Compact);
+        assert_eq!(full.len(), compact.len());
+        for (f, c) in full.iter().zip(&compact) {
+            assert_eq!(f.outcome, c.outcome, "{name}");
+            assert_eq!(f.tally, c.tally, "{name}");
+            // The counts agree with the full list of verdicts.
+            assert_eq!(Tally::of(&f.verdicts), f.tally, "{name}");
+            assert_eq!(f.summary(), c.summary(), "{name}");
+            assert!(f.lists_every_node());
+        }
+    }
+}
+
+#[test]
+fn a_compact_decision_shows_the_best_that_fit_and_a_few_per_reason() {
+    let nodes = mixed_fleet();
+    let p = policy(PolicyName::Coolest);
+    let full = &plan_with(&queue(1), &nodes, &p, Detail::Full)[0];
+    let compact = &plan_with(&queue(1), &nodes, &p, Detail::Compact)[0];
+    let names =
+        |d: &Decision| -> Vec<String> { d.verdicts.iter().map(|v| v.node.to_string()).collect() };
+    assert_eq!(
+        names(compact),
+        [
+            // The five coolest, best first.
+            "fit-0", "fit-1", "fit-2", "fit-3", "fit-4",
+            // Then by name: the first three too hot (both-* are also
+            // cordoned, and count for both), the first three cordoned.
+            "both-0", "both-1", "hot-0", "off-0",
+        ]
+    );
+    // Each one shown is shown whole, as the full decision shows it.
+    for v in &compact.verdicts {
+        let same = full.verdicts.iter().find(|f| f.node == v.node).unwrap();
+        assert_eq!(v, same);
+    }
+    assert_eq!(compact.tally.nodes, 18);
+    assert_eq!(compact.tally.fit, 8);
+    assert_eq!(compact.tally.rejected[&Filter::Temperature], 6);
+    assert_eq!(compact.tally.rejected[&Filter::Cordoned], 6);
+    assert!(!compact.lists_every_node());
+    assert_eq!(full.verdicts.len(), 18);
+}
+
+#[test]
+fn a_small_fleet_is_shown_whole_even_compactly() {
+    // Three boards, as in a lab's first day: every one is shown.
+    let mut hot = node("a-hot");
+    hot.hottest_c = Some(72.0);
+    let mut busy = node("b-busy");
+    busy.slots_used = 4;
+    let nodes = [hot, busy, node("c-free")];
+    let d = &plan_with(&queue(1), &nodes, &Policy::default(), Detail::Compact)[0];
+    assert_eq!(placed_on(d), Some("c-free"));
+    assert!(d.lists_every_node());
+    assert_eq!(d, &plan(&queue(1), &nodes, &Policy::default())[0]);
+}
+
+#[test]
+fn ties_among_the_best_go_by_name_in_a_compact_decision_too() {
+    let nodes: Vec<NodeView> = (0..9).rev().map(|i| node(&format!("n{i}"))).collect();
+    let d = &plan_with(&queue(1), &nodes, &Policy::default(), Detail::Compact)[0];
+    let shown: Vec<&str> = d.verdicts.iter().map(|v| v.node.as_str()).collect();
+    assert_eq!(shown, ["n0", "n1", "n2", "n3", "n4"]);
+}
+
+#[test]
+fn plan_for_gives_the_full_decision_the_pass_makes() {
+    let nodes = mixed_fleet();
+    let p = policy(PolicyName::Balanced);
+    let q = queue(12);
+    let full = plan(&q, &nodes, &p);
+    for want in &full {
+        let one = plan_for(&q, &nodes, &p, &want.experiment).unwrap();
+        assert_eq!(&one, want);
+    }
+    assert_eq!(plan_for(&q, &nodes, &p, &id("nobody")), None);
+}
+
+#[test]
+fn a_decision_stored_without_counts_is_counted_from_its_verdicts() {
+    let mut hot = node("hot");
+    hot.hottest_c = Some(72.0);
+    let mut d = plan(&queue(1), &[hot], &Policy::default()).remove(0);
+    let summary = d.summary();
+    d.tally = Tally::default();
+    assert_eq!(d.summary(), summary);
+    assert_eq!(summary, "no node fits: 1 too hot");
+    assert!(d.lists_every_node());
+}
+
+#[test]
+fn a_fleet_without_nodes_says_so() {
+    let d = &plan_with(&queue(1), &[], &Policy::default(), Detail::Compact)[0];
+    assert_eq!(d.summary(), "no node fits: the fleet has no nodes");
+}
