@@ -558,6 +558,23 @@ impl HwSim {
         self.write_zones(&state)
     }
 
+    /// The thermal model's constants in effect.
+    pub fn params(&self) -> ThermalParams {
+        self.inner
+            .state
+            .lock()
+            .expect("not poisoned")
+            .params
+            .clone()
+    }
+
+    /// Replaces the thermal model's constants from its next tick on (a
+    /// running model keeps the tick it was started with). fleet-dev's demo
+    /// gives one board a weak fan this way.
+    pub fn set_params(&self, params: ThermalParams) {
+        self.inner.state.lock().expect("not poisoned").params = params;
+    }
+
     /// The model's board temperature (before each zone's offset).
     pub fn board_celsius(&self) -> f64 {
         self.inner.state.lock().expect("not poisoned").board_c

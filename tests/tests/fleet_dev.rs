@@ -1,33 +1,533 @@
-//! The newcomer's first command: `fleet-dev up --demo` runs a simulated
-//! board, an agent and a controller, puts two experiments through the
-//! controller, and leaves nothing behind when it stops.
+//! The newcomer's first commands: `fleet-dev up --demo` runs simulated
+//! boards, their agents and a controller, and puts a sample queue through
+//! them; `fleet-dev down` stops it, or cleans up after one that was killed,
+//! and leaves no process, mount, cgroup or run directory behind.
 
-use fleet_testbed::testbed::Testbed;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_dev_up_demo_runs_the_queue_and_cleans_up() {
-    // Skips (or, with FLEET_REQUIRE_SYSTEMD=1, fails) like every testbed test.
-    let Some(probe) = Testbed::new("fleet-dev-probe").await else {
-        return;
+use fleet_proto::tls::{ClientTls, Expect};
+use fleet_proto::v1::{self, controller_client::ControllerClient, ExperimentPhase};
+use fleet_testbed::testbed::{Layout, Testbed};
+use futures_util::StreamExt;
+use tonic::transport::Channel;
+
+/// The demo's experiments and how long it may take them all to end.
+const DEMO: [&str; 6] = [
+    "heater-a",
+    "hello-world",
+    "flaky",
+    "memory-hog",
+    "power-25w",
+    "heater-b",
+];
+const DEMO_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Skips (or, with FLEET_REQUIRE_SYSTEMD=1, fails) like every testbed test.
+async fn systemd_here(name: &str) -> bool {
+    let Some(probe) = Testbed::new(name).await else {
+        return false;
     };
     probe.shutdown().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-dev"))
-        .args(["up", "--demo", "--once", "--dir"])
-        .arg(dir.path())
+    true
+}
+
+fn fleet_dev() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-dev"));
+    cmd.env("RUST_BACKTRACE", "0").kill_on_drop(true);
+    cmd
+}
+
+/// Runs fleet-dev to the end; its stdout, after asserting it succeeded.
+async fn run_ok(args: &[&str], dir: &Path) -> String {
+    let out = fleet_dev()
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
         .output()
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("hello-world: succeeded"), "{stdout}");
-    assert!(stdout.contains("flaky: failed"), "{stdout}");
-    assert!(stdout.contains("restart limit"), "{stdout}");
-    assert!(stdout.contains("[log] hello-world  done"), "{stdout}");
-    assert!(stdout.contains("stopped; nothing left running"), "{stdout}");
-    // What a newcomer uses next is there.
-    for f in ["fleet.json", "fleetctl.toml", "pki/ca.pem"] {
-        assert!(dir.path().join(f).exists(), "{f} missing");
+    assert!(
+        out.status.success(),
+        "fleet-dev {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}",
+        out.status,
+        std::fs::read_to_string(dir.join("fleet-dev.log")).unwrap_or_default()
+    );
+    stdout
+}
+
+fn fleet_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("fleet.json")).unwrap()).unwrap()
+}
+
+fn path(v: &serde_json::Value) -> PathBuf {
+    PathBuf::from(v.as_str().unwrap_or_else(|| panic!("not a path: {v}")))
+}
+
+async fn controller(fleet: &serde_json::Value) -> ControllerClient<Channel> {
+    let tls = ClientTls::from_files(
+        path(&fleet["ca"]),
+        path(&fleet["admin_cert"]),
+        path(&fleet["admin_key"]),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = fleet["controller"].as_str().unwrap().parse().unwrap();
+    ControllerClient::new(tls.connect(addr, Expect::Controller).await.unwrap())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+/// Every live process: pid, arguments, mount namespace inode.
+fn processes() -> Vec<(u32, Vec<String>, Option<u64>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let mnt = std::fs::metadata(e.path().join("ns/mnt"))
+                .ok()
+                .map(|m| m.ino());
+            Some((pid, args, mnt))
+        })
+        .filter(|(pid, _, _)| alive(*pid))
+        .collect()
+}
+
+/// What a run of `up` started, read while it runs.
+struct Footprint {
+    dir: PathBuf,
+    pid: u32,
+    run_dir: PathBuf,
+    cgroup: String,
+    /// Every process of the run when it was read, with its start time:
+    /// fleet-dev, its boards' processes (their cgroup and mount
+    /// namespaces), the agents and the controller.
+    processes: Vec<(u32, Option<u64>, String)>,
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+impl Footprint {
+    fn of(dir: &Path) -> Footprint {
+        let fleet = fleet_json(dir);
+        assert_eq!(fleet["state"], "ready", "{fleet}");
+        let run_dir = path(&fleet["testbed"]["run_dir"]);
+        let cgroup = fleet["testbed"]["cgroup"].as_str().unwrap().to_owned();
+        let namespaces: Vec<u64> = fleet["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["mount_namespace"].as_u64().unwrap())
+            .collect();
+        let pid = fleet["pid"].as_u64().unwrap() as u32;
+        let in_cgroup = Layout::detect().unwrap().pids(&cgroup).unwrap_or_default();
+        let processes = processes()
+            .into_iter()
+            .filter(|(p, args, mnt)| {
+                *p == pid
+                    || in_cgroup.contains(&(*p as i32))
+                    || mnt.is_some_and(|m| namespaces.contains(&m))
+                    || args.iter().any(|a| {
+                        Path::new(a).starts_with(dir) || Path::new(a).starts_with(&run_dir)
+                    })
+            })
+            .map(|(p, args, _)| (p, start_time(p), args.join(" ")))
+            .collect();
+        let f = Footprint {
+            dir: dir.to_owned(),
+            pid,
+            run_dir,
+            cgroup,
+            processes,
+        };
+        assert!(f.run_dir.is_dir());
+        assert!(!f.cgroups().is_empty());
+        f
     }
+
+    /// Processes of the run still there: those it had when it was read
+    /// (the same process: same pid and start time), and any with an
+    /// argument in its directories.
+    fn stray_processes(&self) -> Vec<String> {
+        let mut left: Vec<String> = self
+            .processes
+            .iter()
+            .filter(|(pid, start, _)| alive(*pid) && start_time(*pid) == *start)
+            .map(|(pid, _, args)| format!("{pid} {args}"))
+            .collect();
+        left.extend(
+            processes()
+                .into_iter()
+                .filter(|(_, args, _)| {
+                    args.iter().any(|a| {
+                        Path::new(a).starts_with(&self.dir)
+                            || Path::new(a).starts_with(&self.run_dir)
+                    })
+                })
+                .map(|(pid, args, _)| format!("{pid} {}", args.join(" "))),
+        );
+        left.sort();
+        left.dedup();
+        left
+    }
+
+    fn cgroups(&self) -> Vec<PathBuf> {
+        Layout::detect()
+            .unwrap()
+            .dirs(&self.cgroup)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect()
+    }
+
+    fn assert_nothing_left(&self) {
+        let procs = self.stray_processes();
+        assert!(procs.is_empty(), "processes left: {procs:#?}");
+        let cgroups = self.cgroups();
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        assert!(
+            !self.run_dir.exists(),
+            "run directory left: {}",
+            self.run_dir.display()
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let run_dir = self.run_dir.to_string_lossy();
+        let mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| l.contains(run_dir.as_ref()))
+            .collect();
+        assert!(mounts.is_empty(), "mounts left: {mounts:#?}");
+        assert!(!self.dir.join("fleet-dev.pid").exists(), "pidfile left");
+        assert_eq!(fleet_json(&self.dir)["state"], "stopped");
+    }
+}
+
+fn ended(e: &v1::Experiment) -> bool {
+    matches!(
+        e.phase(),
+        ExperimentPhase::Succeeded
+            | ExperimentPhase::Failed
+            | ExperimentPhase::Stopped
+            | ExperimentPhase::Cancelled
+    )
+}
+
+async fn node_events(c: &mut ControllerClient<Channel>, node: &str) -> Vec<v1::Event> {
+    let mut stream = c
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(1),
+            filter: Some(v1::EventFilter {
+                nodes: vec![node.into()],
+                ..Default::default()
+            }),
+            replay_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        events.push(ev.unwrap());
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_reaches_every_expected_end_and_down_leaves_nothing() {
+    if !systemd_here("fleet-dev-demo-probe").await {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_ok(&["up", "--detach", "--demo"], dir).await;
+    assert!(out.contains("runs in the background"), "{out}");
+    let fleet = fleet_json(dir);
+    let mut c = controller(&fleet).await;
+
+    // Every demo experiment ends, as the controller records it.
+    let deadline = Instant::now() + DEMO_DEADLINE;
+    let mut exps: BTreeMap<&str, v1::Experiment> = BTreeMap::new();
+    loop {
+        for id in DEMO {
+            if let Ok(e) = c.get(v1::GetRequest { id: id.into() }).await {
+                exps.insert(id, e.into_inner());
+            }
+        }
+        if exps.len() == DEMO.len() && exps.values().all(ended) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not end within {DEMO_DEADLINE:?}: {:#?}\nlog:\n{}",
+            exps.values()
+                .map(|e| (
+                    e.spec.as_ref().map(|s| s.id.clone()),
+                    e.phase(),
+                    e.reason.clone()
+                ))
+                .collect::<Vec<_>>(),
+            std::fs::read_to_string(dir.join("fleet-dev.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // On a failure below, the story so far is in the test's output.
+    eprintln!(
+        "fleet-dev's log:\n{}",
+        std::fs::read_to_string(dir.join("fleet-dev.log")).unwrap_or_default()
+    );
+    let hello = &exps["hello-world"];
+    assert_eq!(hello.phase(), ExperimentPhase::Succeeded, "{hello:?}");
+
+    // The heater on the weak-fan board: stopped there by the thermal guard,
+    // requeued as a disruption (no crash), finished on another board.
+    let a = &exps["heater-a"];
+    assert_eq!(a.phase(), ExperimentPhase::Succeeded, "{a:?}");
+    assert!(a.disruptions >= 1, "{a:?}");
+    assert_eq!(a.crashes, 0, "{a:?}");
+    let first = &a.runs[0];
+    assert_eq!(first.node, "jetson-01", "{a:?}");
+    assert_eq!(first.outcome(), v1::RunOutcome::Disrupted, "{a:?}");
+    assert_eq!(first.disruption(), v1::Disruption::Thermal, "{a:?}");
+    let last = a.runs.last().unwrap();
+    assert_ne!(last.node, "jetson-01", "{a:?}");
+    assert_eq!(last.outcome(), v1::RunOutcome::Succeeded, "{a:?}");
+
+    // The second heater was placed away from the hot board, and the
+    // decision says why.
+    let b = &exps["heater-b"];
+    assert_eq!(b.phase(), ExperimentPhase::Succeeded, "{b:?}");
+    assert_ne!(b.runs[0].node, "jetson-01", "{b:?}");
+    let why = c
+        .explain(v1::ExplainRequest {
+            id: "heater-b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let verdict = why
+        .last
+        .as_ref()
+        .and_then(|d| d.nodes.iter().find(|v| v.node == "jetson-01"))
+        .unwrap_or_else(|| panic!("no verdict on jetson-01: {why:?}"));
+    assert!(!verdict.fits, "{verdict:?}");
+    assert!(
+        verdict.reasons.iter().any(|r| r.contains("too hot")),
+        "{verdict:?}"
+    );
+
+    let flaky = &exps["flaky"];
+    assert_eq!(flaky.phase(), ExperimentPhase::Failed, "{flaky:?}");
+    assert_eq!(flaky.crashes, 3, "{flaky:?}");
+    assert_eq!(
+        flaky.runs.last().unwrap().failure(),
+        v1::FailureReason::StartLimit,
+        "{flaky:?}"
+    );
+
+    let hog = &exps["memory-hog"];
+    assert_eq!(hog.phase(), ExperimentPhase::Failed, "{hog:?}");
+    assert_eq!(
+        hog.runs.last().unwrap().failure(),
+        v1::FailureReason::OomKill,
+        "{hog:?}"
+    );
+
+    // The power-mode experiment ran on the Orin NX, switched to 25W before
+    // its run started.
+    let pm = &exps["power-25w"];
+    assert_eq!(pm.phase(), ExperimentPhase::Succeeded, "{pm:?}");
+    let run = pm.runs.last().unwrap();
+    assert_eq!(run.node, "jetson-02", "{pm:?}");
+    assert!(run.power_mode.is_some(), "{pm:?}");
+    let switches: Vec<v1::Event> = node_events(&mut c, "jetson-02")
+        .await
+        .into_iter()
+        .filter(|e| e.kind() == v1::EventKind::NodePowerModeChanged)
+        .collect();
+    assert!(
+        switches
+            .iter()
+            .any(|e| e.message.contains("→ 25W") && e.timestamp_unix_us <= run.started_at_unix_us),
+        "no switch to 25W before the run started at {}: {switches:#?}",
+        run.started_at_unix_us
+    );
+
+    // The story a newcomer reads, and the table at its end.
+    let log_path = dir.join("fleet-dev.log");
+    let log = fleet_testbed::poll::wait_for(
+        "the demo's summary in its log",
+        Duration::from_secs(30),
+        || async {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Ok(log
+                .contains("demo: all 6 experiments ended as expected")
+                .then_some(log)
+                .into())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    });
+    for line in [
+        "placed on jetson-01",
+        "jetson-01 was passed over:",
+        "too hot:",
+        "thermal warn → critical",
+        "stopped by jetson-01's thermal guard",
+        "crashed and restarted (1 in this run)",
+        "restart limit",
+        "out of memory",
+        "power mode → 25W",
+        "[log] hello-world  done",
+    ] {
+        assert!(
+            log.contains(line),
+            "{line:?} missing from the story:\n{log}"
+        );
+    }
+
+    // Stop it; nothing is left.
+    let footprint = Footprint::of(dir);
+    assert!(footprint.processes.len() > 10, "{:#?}", footprint.processes);
+    let out = run_ok(&["down"], dir).await;
+    assert!(
+        out.contains(&format!("stopped fleet-dev (pid {})", footprint.pid)),
+        "{out}"
+    );
+    footprint.assert_nothing_left();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("stopped; nothing left running"), "{log}");
+    let again = run_ok(&["down"], dir).await;
+    assert!(again.contains("nothing is running"), "{again}");
+    eprintln!("demo, checks and down took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
+    if !systemd_here("fleet-dev-fg-probe").await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let up = fleet_dev()
+        .args(["up", "--nodes", "1", "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    fleet_testbed::poll::wait_for(
+        "fleet.json to say ready",
+        Duration::from_secs(60),
+        || async {
+            let ready = std::fs::read_to_string(dir.join("fleet.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|j| j["state"] == "ready");
+            Ok(ready.then_some(()).into())
+        },
+    )
+    .await
+    .unwrap();
+    let footprint = Footprint::of(dir);
+
+    // fleetctl works with the config it wrote.
+    let fleetctl = fleet_testbed::agent::workspace_bin("fleetctl", "fleetctl");
+    let nodes = tokio::process::Command::new(&fleetctl)
+        .arg("nodes")
+        .env("FLEET_CONFIG_FILE", dir.join("fleetctl.toml"))
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&nodes.stdout);
+    assert!(
+        nodes.status.success() && listed.contains("jetson-01"),
+        "{listed}\n{}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+
+    // A second `up` in the same directory is refused.
+    let second = fleet_dev()
+        .args(["up", "--once", "--dir"])
+        .arg(dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already runs"), "{err}");
+
+    let out = run_ok(&["down"], dir).await;
+    assert!(out.contains("stopped fleet-dev"), "{out}");
+    let up = tokio::time::timeout(Duration::from_secs(30), up.wait_with_output())
+        .await
+        .expect("up ends after down")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(stdout.contains("asked to stop (SIGTERM)"), "{stdout}");
+    assert!(stdout.contains("stopped; nothing left running"), "{stdout}");
+    footprint.assert_nothing_left();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_cleans_up_after_a_killed_fleet_dev() {
+    if !systemd_here("fleet-dev-kill-probe").await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_ok(&["up", "--detach", "--nodes", "2"], dir).await;
+    let footprint = Footprint::of(dir);
+    assert!(footprint.processes.len() > 5, "{:#?}", footprint.processes);
+    // SAFETY: kill(2) on the fleet-dev this test started.
+    unsafe { libc::kill(footprint.pid as i32, libc::SIGKILL) };
+    fleet_testbed::poll::wait_for("fleet-dev to die", Duration::from_secs(10), || async {
+        Ok((!alive(footprint.pid)).then_some(()).into())
+    })
+    .await
+    .unwrap();
+    // Its fleet outlives it: the controller, at least (another test's
+    // testbed may reap the boards of a dead run first).
+    assert!(!footprint.stray_processes().is_empty());
+
+    let out = run_ok(&["down"], dir).await;
+    assert!(out.contains("is gone but left a fleet behind"), "{out}");
+    assert!(out.contains("controller (pid"), "{out}");
+    footprint.assert_nothing_left();
+    let again = run_ok(&["down"], dir).await;
+    assert!(again.contains("nothing is running"), "{again}");
 }

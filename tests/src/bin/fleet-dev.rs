@@ -1,32 +1,56 @@
 //! `fleet-dev`: a local fleet of simulated Jetsons for a person to try.
 //!
-//! `fleet-dev up [--nodes N] [--demo]` makes a fleet CA, starts N boards
-//! (each a private systemd manager with its own bus, journal, mount
-//! namespace and cgroup, and simulated Jetson hardware: a fixture board's
-//! sysfs whose temperatures follow the CPU use of its experiments, and
-//! `fleet-sim-nvpmodel`) with a real `fleet-agent` on each, writes
-//! `fleet.json` and a fleetctl config, and with `--demo` runs sample
-//! experiments, showing their status and logs. Ctrl-C stops everything and
-//! leaves no process, mount or cgroup behind.
+//! `fleet-dev up [--nodes N] [--dir D] [--demo] [--detach]` makes a fleet
+//! CA, starts N boards (each a private systemd manager with its own bus,
+//! journal, mount namespace and cgroup, and simulated Jetson hardware: a
+//! fixture board's sysfs whose temperatures follow the CPU use of its
+//! experiments, and `fleet-sim-nvpmodel`) with a real `fleet-agent` on each
+//! and a `fleet-controller` beside them, writes `D/fleet.json` and a
+//! fleetctl config, and stays in the foreground with a live summary until
+//! Ctrl-C (or SIGTERM). `--detach` runs the same in the background, its
+//! output in `D/fleet-dev.log`, and returns once the fleet is ready.
+//! `fleet-dev down --dir D` stops a running one, or cleans up after one that
+//! was killed. Either way no process, mount or cgroup is left behind.
+//!
+//! `--demo` submits a sample queue through the controller and narrates what
+//! happens: placement by temperature, a thermal stop with requeue, crash
+//! restarts at the restart limit, an OOM kill and a power-mode switch; it
+//! ends with a table of how each experiment ended against what was expected
+//! (`--once` then exits, non-zero when one did not).
 //!
 //! `fleet-dev heat` pins a board's zone (a scripted heat event) while the
 //! fleet runs; `fleet-dev watch` follows a board's telemetry (`WatchNode`).
 
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use fleet_proto::identity::Role;
-use fleet_proto::v1::{self, agent_client::AgentClient};
+use fleet_proto::v1::{
+    self, agent_client::AgentClient, controller_client::ControllerClient, ExperimentPhase,
+};
 use fleet_testbed::agent::{AgentHandle, AgentOptions};
 use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
 use fleet_testbed::hwsim::{self, Fixture, HwSim, ThermalParams};
-use fleet_testbed::pki::TestPki;
-use fleet_testbed::testbed::{Board, Testbed};
+use fleet_testbed::pki::{CertFiles, TestPki};
+use fleet_testbed::testbed::{Board, Layout, Testbed};
 use futures_util::StreamExt;
 use tonic::transport::Channel;
+
+/// The running `up`'s process id, one line.
+const PIDFILE: &str = "fleet-dev.pid";
+/// Where a detached `up` writes its output.
+const LOGFILE: &str = "fleet-dev.log";
+const FLEET_JSON: &str = "fleet.json";
+/// How long `up --detach` waits for the fleet to be ready.
+const DETACH_READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `down` waits for a running `up` to stop after SIGTERM.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Parser)]
 #[command(name = "fleet-dev", about = "A local fleet of simulated Jetson boards")]
@@ -38,26 +62,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the fleet and stay in the foreground until Ctrl-C.
-    Up {
-        /// How many boards.
-        #[arg(long, default_value_t = 1)]
-        nodes: u8,
-        /// Where to write fleet.json, certificates and the fleetctl config.
+    Up(UpArgs),
+    /// Stop the fleet `up` runs in a directory (in another terminal or
+    /// detached), or clean up after one that was killed.
+    Down {
+        /// The directory given to `up`.
         #[arg(long, default_value = "fleet-dev")]
         dir: PathBuf,
-        /// Run sample experiments and show them.
-        #[arg(long)]
-        demo: bool,
-        /// Exit after the demo instead of waiting for Ctrl-C.
-        #[arg(long)]
-        once: bool,
-        /// The boards' hardware, one fixture per board in turn
-        /// (agx-orin-r36, orin-nx, agx-orin-r35).
-        #[arg(long, value_delimiter = ',', default_values_t = [Fixture::AgxOrinR36, Fixture::OrinNx, Fixture::AgxOrinR35])]
-        boards: Vec<Fixture>,
-        /// The agents' sampling interval (their default when absent).
-        #[arg(long)]
-        sampling_ms: Option<u64>,
     },
     /// Pin a zone of a running board at a temperature (a heat event), or
     /// hand it back to the thermal model with --release.
@@ -93,18 +104,45 @@ enum Cmd {
     },
 }
 
+#[derive(Args, Clone)]
+struct UpArgs {
+    /// How many boards (default 1; 3 with --demo).
+    #[arg(long)]
+    nodes: Option<u8>,
+    /// Where to write fleet.json, certificates and the fleetctl config.
+    #[arg(long, default_value = "fleet-dev")]
+    dir: PathBuf,
+    /// Run the sample queue and narrate it.
+    #[arg(long)]
+    demo: bool,
+    /// Exit once started (or, with --demo, once the demo ended) instead of
+    /// waiting for Ctrl-C.
+    #[arg(long, conflicts_with = "detach")]
+    once: bool,
+    /// Run in the background (output in <dir>/fleet-dev.log) and return once
+    /// the fleet is ready; `fleet-dev down` stops it.
+    #[arg(long)]
+    detach: bool,
+    /// The boards' hardware, one fixture per board in turn
+    /// (agx-orin-r36, orin-nx, agx-orin-r35).
+    #[arg(long, value_delimiter = ',', default_values_t = [Fixture::AgxOrinR36, Fixture::OrinNx, Fixture::AgxOrinR35])]
+    boards: Vec<Fixture>,
+    /// The agents' sampling interval (their default when absent; 500 ms
+    /// with --demo).
+    #[arg(long)]
+    sampling_ms: Option<u64>,
+    /// How long the demo may take before it is reported as incomplete.
+    #[arg(long, default_value_t = 180)]
+    demo_deadline_s: u64,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Up {
-            nodes,
-            dir,
-            demo,
-            once,
-            boards,
-            sampling_ms,
-        } => up(nodes, &dir, demo, once, &boards, sampling_ms).await,
+        Cmd::Up(args) if args.detach => detach(&args),
+        Cmd::Up(args) => up(args).await,
+        Cmd::Down { dir } => down(&dir),
         Cmd::Heat {
             dir,
             node,
@@ -122,40 +160,161 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn up(
-    nodes: u8,
-    dir: &Path,
-    demo: bool,
-    once: bool,
-    fixtures: &[Fixture],
-    sampling_ms: Option<u64>,
-) -> anyhow::Result<()> {
+// ---------------------------------------------------------------------------
+// up
+
+/// What runs, filled in as it starts, so that a stop at any moment tears
+/// down what there is.
+#[derive(Default)]
+struct Fleet {
+    boards: Vec<Board>,
+    fixtures: Vec<Fixture>,
+    hardware: Vec<HwSim>,
+    agents: Vec<AgentHandle>,
+    controller: Option<ControllerHandle>,
+    admin: Option<CertFiles>,
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let nodes = args.nodes.unwrap_or(if args.demo { 3 } else { 1 });
     anyhow::ensure!(
         (1..=50).contains(&nodes),
         "--nodes must be between 1 and 50"
     );
-    anyhow::ensure!(!fixtures.is_empty(), "--boards needs at least one fixture");
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    let mut bed = Testbed::try_new("fleet-dev").await.context(
-        "cannot start simulated boards here (fleet-dev needs root and systemd installed)",
-    )?;
+    anyhow::ensure!(
+        !args.demo || nodes >= 2,
+        "the demo needs at least 2 boards (it shows placement by temperature)"
+    );
+    anyhow::ensure!(
+        !args.boards.is_empty(),
+        "--boards needs at least one fixture"
+    );
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    if let Some(pid) = running_owner(&dir) {
+        anyhow::bail!(
+            "fleet-dev already runs in {} (pid {pid}); stop it with `fleet-dev down --dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let cleaned = clean_leftovers(&dir)?;
+    if !cleaned.is_empty() {
+        println!(
+            "cleaned up after an earlier fleet-dev in {} that did not stop: {}",
+            dir.display(),
+            cleaned.join("; ")
+        );
+    }
+    // Every `up` starts a new fleet: a new CA, a new queue.
+    let controller_dir = dir.join("controller");
+    if controller_dir.exists() {
+        std::fs::remove_dir_all(&controller_dir)
+            .with_context(|| format!("remove {}", controller_dir.display()))?;
+    }
+    let me = std::process::id();
+    std::fs::write(dir.join(PIDFILE), format!("{me}\n"))?;
+    let mut stop = StopSignals::new()?;
+
+    let bed = match Testbed::try_new("fleet-dev").await {
+        Ok(bed) => bed,
+        Err(e) => {
+            let _ = std::fs::remove_file(dir.join(PIDFILE));
+            return Err(e.context(
+                "cannot start simulated boards here (fleet-dev needs root and systemd installed)",
+            ));
+        }
+    };
+    let mut state = serde_json::json!({
+        "state": "starting",
+        "pid": me,
+        "pid_start_time": process_start_time(me),
+        "testbed": { "run_dir": bed.dir(), "cgroup": bed.cgroup() },
+        "controller_config": controller_dir.join("controller.toml"),
+    });
+    write_json(&dir.join(FLEET_JSON), &state)?;
+
+    let mut bed = bed;
+    let mut fleet = Fleet::default();
+    let result = tokio::select! {
+        r = run(&args, nodes, &dir, &mut bed, &mut fleet, &mut state) => r,
+        signal = stop.recv() => {
+            println!("\n{signal}");
+            Ok(())
+        }
+    };
+    println!("stopping…");
+    let controller_config = dir.join("controller/controller.toml");
+    drop(fleet);
+    // The controller got SIGKILL when its handle went; wait until it is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_with_arg(&controller_config).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shutdown = bed.shutdown().await;
+    state["state"] = "stopped".into();
+    let _ = write_json(&dir.join(FLEET_JSON), &state);
+    let _ = std::fs::remove_file(dir.join(PIDFILE));
+    shutdown?;
+    println!("stopped; nothing left running");
+    result
+}
+
+/// SIGINT and SIGTERM, as one stream.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted (Ctrl-C)",
+            _ = self.term.recv() => "asked to stop (SIGTERM)",
+        }
+    }
+}
+
+async fn run(
+    args: &UpArgs,
+    nodes: u8,
+    dir: &Path,
+    bed: &mut Testbed,
+    fleet: &mut Fleet,
+    state: &mut serde_json::Value,
+) -> anyhow::Result<()> {
     let pki = TestPki::new(&dir.join("pki"))?;
     let names: Vec<String> = (1..=nodes).map(|i| format!("jetson-{i:02}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     println!("starting {} simulated board(s)…", names.len());
-    let boards = bed.add_boards(&name_refs).await?;
-    let mut agents = Vec::new();
-    let mut hardware = Vec::new();
-    for (i, board) in boards.iter().enumerate() {
-        let fixture = fixtures[i % fixtures.len()];
-        let hw = HwSim::install(board, fixture, ThermalParams::default())
+    fleet.boards = bed.add_boards(&name_refs).await?;
+    let sampling_ms = args.sampling_ms.or(args.demo.then_some(500));
+    for (i, board) in fleet.boards.clone().iter().enumerate() {
+        let fixture = args.boards[i % args.boards.len()];
+        let params = if args.demo {
+            demo_thermal(i == 0)
+        } else {
+            ThermalParams::default()
+        };
+        let hw = HwSim::install(board, fixture, params)
             .with_context(|| format!("simulated hardware for {}", board.name()))?;
         hw.start_thermal_model(board)?;
+        fleet.hardware.push(hw.clone());
+        fleet.fixtures.push(fixture);
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8 + 1));
         let options = AgentOptions {
-            hardware: Some(hw.clone()),
+            hardware: Some(hw),
             sampling_ms,
+            // The demo's boards cool down quickly after a thermal stop.
+            guard_toml: args.demo.then(|| "[guard]\ncooldown_s = 5\n".to_owned()),
             ..AgentOptions::default()
         };
         let agent = AgentHandle::start_with(board, &pki, ip, options).await?;
@@ -166,61 +325,89 @@ async fn up(
             fixture.model(),
             agent.addr
         );
-        agents.push(agent);
-        hardware.push(hw);
+        fleet.agents.push(agent);
     }
     let admin = pki.user("dev-admin", Role::Admin)?;
-    let agent_refs: Vec<&AgentHandle> = agents.iter().collect();
+    fleet.admin = Some(admin.clone());
+    let agent_refs: Vec<&AgentHandle> = fleet.agents.iter().collect();
+    let (tick_ms, telemetry_interval_ms) = if args.demo { (250, 500) } else { (500, 1000) };
     let controller = ControllerHandle::start(
         &dir.join("controller"),
         &pki,
         IpAddr::V4(Ipv4Addr::new(127, 0, 1, 100)),
         &agent_refs,
         &ControllerOptions {
-            tick_ms: 500,
-            telemetry_interval_ms: 1000,
+            tick_ms,
+            telemetry_interval_ms,
             ..ControllerOptions::default()
         },
     )
     .await?;
     println!("  controller at {}", controller.addr);
-    write_fleet_files(&dir, &pki, &admin, &boards, &agents, &hardware, &controller)?;
+    fleet.controller = Some(controller);
+    write_fleet_files(dir, &pki, &admin, fleet, state)?;
+    let controller = fleet.controller.as_ref().expect("just started");
 
-    let result = async {
-        if demo {
-            run_demo(&controller, &admin).await?;
-            let mut c = agents[0].client_as(&admin).await?;
-            show_node(&mut c).await?;
+    if args.demo {
+        let outcome = run_demo(
+            controller,
+            &admin,
+            fleet,
+            Duration::from_secs(args.demo_deadline_s),
+        )
+        .await?;
+        let mut c = fleet.agents[0].client_as(&admin).await?;
+        show_node(&mut c).await?;
+        if args.once {
+            anyhow::ensure!(
+                outcome.all_as_expected(),
+                "the demo did not end as expected: {}",
+                outcome.unexpected().join(", ")
+            );
+            return Ok(());
         }
-        if !once {
-            println!("\nfleet is up; Ctrl-C stops it");
-            tokio::signal::ctrl_c().await?;
-        }
-        anyhow::Ok(())
     }
-    .await;
-    println!("stopping…");
-    drop(controller);
-    drop(agents);
-    drop(hardware);
-    bed.shutdown().await?;
-    println!("stopped; nothing left running");
-    result
+    if args.once {
+        return Ok(());
+    }
+    println!(
+        "\nfleet is up; Ctrl-C stops it (or, from another shell, fleet-dev down --dir {})",
+        dir.display()
+    );
+    live_summary(controller, &admin).await
+}
+
+/// The demo's thermal model: quick (τ = 6 s), and one board with a weak
+/// fan, which one busy core takes past the guard's critical 85 °C while it
+/// warms the others by 25 °C.
+fn demo_thermal(weak_fan: bool) -> ThermalParams {
+    ThermalParams {
+        ambient_c: 35.0,
+        per_core_c: if weak_fan { 200.0 } else { 25.0 },
+        tau: Duration::from_secs(6),
+        tick: Duration::from_millis(250),
+        ceiling_c: 100.0,
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    hwsim::write_atomic(path, &serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn write_fleet_files(
     dir: &Path,
     pki: &TestPki,
-    admin: &fleet_testbed::pki::CertFiles,
-    boards: &[Board],
-    agents: &[AgentHandle],
-    hardware: &[HwSim],
-    controller: &ControllerHandle,
+    admin: &CertFiles,
+    fleet: &Fleet,
+    state: &mut serde_json::Value,
 ) -> anyhow::Result<()> {
-    let nodes: Vec<serde_json::Value> = boards
+    let controller = fleet.controller.as_ref().context("no controller")?;
+    let nodes: Vec<serde_json::Value> = fleet
+        .boards
         .iter()
-        .zip(agents)
-        .zip(hardware)
+        .zip(&fleet.agents)
+        .zip(&fleet.hardware)
         .map(|((b, a), hw)| {
             serde_json::json!({
                 "name": b.name(),
@@ -230,19 +417,20 @@ fn write_fleet_files(
                 "agent_log": a.log,
                 "hardware": hw.fixture().name(),
                 "hw_dir": hw.root(),
+                "sysfs": hw.sysfs_root(),
                 "heat_file": hw.heat_file(),
+                "mount_namespace": b.mount_namespace(),
             })
         })
         .collect();
-    let fleet = serde_json::json!({
-        "fleet": fleet_testbed::pki::FLEET,
-        "ca": pki.ca_path,
-        "admin_cert": admin.cert,
-        "admin_key": admin.key,
-        "controller": controller.addr.to_string(),
-        "nodes": nodes,
-    });
-    std::fs::write(dir.join("fleet.json"), serde_json::to_vec_pretty(&fleet)?)?;
+    state["state"] = "ready".into();
+    state["fleet"] = fleet_testbed::pki::FLEET.into();
+    state["ca"] = serde_json::json!(pki.ca_path);
+    state["admin_cert"] = serde_json::json!(admin.cert);
+    state["admin_key"] = serde_json::json!(admin.key);
+    state["controller"] = controller.addr.to_string().into();
+    state["controller_log"] = serde_json::json!(controller.log);
+    state["nodes"] = nodes.into();
     let mut ctl = format!(
         "current_context = \"dev\"\n\n[contexts.dev]\ncontroller = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
         controller.addr.to_string(),
@@ -250,7 +438,7 @@ fn write_fleet_files(
         admin.cert,
         admin.key
     );
-    for (b, a) in boards.iter().zip(agents) {
+    for (b, a) in fleet.boards.iter().zip(&fleet.agents) {
         ctl.push_str(&format!(
             "\n[contexts.{name}]\nagent = {:?}\nnode = {name:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             a.addr.to_string(),
@@ -262,83 +450,721 @@ fn write_fleet_files(
     }
     let ctl_path = dir.join("fleetctl.toml");
     std::fs::write(&ctl_path, ctl)?;
+    // fleet.json last: "ready" means everything else is there.
+    write_json(&dir.join(FLEET_JSON), state)?;
     println!(
-        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n  export FLEET_CONFIG_FILE={}\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleetctl -- node info\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}",
+        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n  export FLEET_CONFIG_FILE={}\n  cargo run -q -p fleetctl -- nodes\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}\n  cargo run -q -p fleet-testbed --bin fleet-dev -- down --dir {}",
         dir.display(),
         ctl_path.display(),
         ctl_path.display(),
         dir.display(),
-        boards[0].name(),
+        fleet.boards[0].name(),
+        dir.display(),
         dir.display(),
     );
     Ok(())
 }
 
-fn demo_spec(id: &str, script: &str) -> v1::ExperimentSpec {
+/// One line whenever the fleet changes (a phase, a placement, a thermal
+/// state) and at most every 30 s otherwise, until the process is stopped.
+async fn live_summary(controller: &ControllerHandle, admin: &CertFiles) -> anyhow::Result<()> {
+    let mut c = controller.client_as(admin).await?;
+    let mut last_key = String::new();
+    let mut last_print = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(nodes) = c.list_nodes(v1::ListNodesRequest::default()).await else {
+            continue;
+        };
+        let Ok(list) = c.list(v1::ListRequest::default()).await else {
+            continue;
+        };
+        let mut key = String::new();
+        let mut line = String::new();
+        for n in &nodes.get_ref().nodes {
+            let t = n.telemetry.as_ref();
+            let thermal = t.map_or("?".to_owned(), |t| {
+                format!("{:?}", t.thermal_state()).to_lowercase()
+            });
+            key.push_str(&format!(
+                "{}:{:?}:{thermal}:{};",
+                n.name,
+                n.connection(),
+                n.experiments.len()
+            ));
+            line.push_str(&format!(
+                "{} {} {} {} exp · ",
+                n.name,
+                t.and_then(|t| t.hottest_c)
+                    .map_or("?".to_owned(), |c| format!("{c:.0}°C")),
+                thermal,
+                n.experiments.len()
+            ));
+        }
+        let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &list.get_ref().experiments {
+            *phases.entry(phase_name(e.phase())).or_default() += 1;
+        }
+        let counts: Vec<String> = phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
+        key.push_str(&counts.join(","));
+        line.push_str(&if counts.is_empty() {
+            "no experiments".to_owned()
+        } else {
+            counts.join(", ")
+        });
+        if key != last_key || last_print.elapsed() > Duration::from_secs(30) {
+            println!("[live] {line}");
+            last_key = key;
+            last_print = Instant::now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// --detach and down
+
+/// Runs `up` again in the background, in its own session, with its output in
+/// `<dir>/fleet-dev.log`, and waits until `fleet.json` says it is ready.
+fn detach(args: &UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    if let Some(pid) = running_owner(&dir) {
+        anyhow::bail!(
+            "fleet-dev already runs in {} (pid {pid}); stop it with `fleet-dev down --dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let log_path = dir.join(LOGFILE);
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("create {}", log_path.display()))?;
+    // The same command line without --detach, in the same working directory.
+    let child_args: Vec<OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&child_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid(2) is async-signal-safe; nothing else runs in the hook.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start fleet-dev in the background")?;
+    let pid = child.id();
+    let deadline = Instant::now() + DETACH_READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "fleet-dev up stopped before the fleet was ready ({status}); its output:\n{}",
+                tail(&log_path, 30)
+            );
+        }
+        if let Ok(fleet) = FleetFile::read(&dir) {
+            if fleet.json["state"] == "ready" && fleet.json["pid"] == pid {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "fleet-dev up (pid {pid}) was not ready within {DETACH_READY_TIMEOUT:?}; its output is in {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What it printed while starting; the demo's story goes on in the log.
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    print!("{}", log_text.split("\n== demo").next().unwrap_or_default());
+    println!(
+        "\nfleet-dev runs in the background (pid {pid}){}; its output goes to {}.\nStop it with: fleet-dev down --dir {}",
+        if args.demo {
+            ", running the demo"
+        } else {
+            ""
+        },
+        log_path.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Stops the `up` running in `dir` and waits until it has cleaned up; or,
+/// when it is gone without cleaning up (kill -9), removes what it left.
+fn down(dir: &Path) -> anyhow::Result<()> {
+    let Ok(dir) = dir.canonicalize() else {
+        println!("nothing is running in {}", dir.display());
+        return Ok(());
+    };
+    let fleet = FleetFile::read(&dir).ok();
+    let what = fleet.as_ref().map(describe_fleet).unwrap_or_default();
+    if let Some(pid) = running_owner(&dir) {
+        println!("stopping fleet-dev (pid {pid}){what}…");
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + DOWN_TIMEOUT;
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut killed = false;
+        if is_alive(pid) {
+            println!("fleet-dev (pid {pid}) did not stop within {DOWN_TIMEOUT:?}; killing it");
+            signal(pid, libc::SIGKILL);
+            while is_alive(pid) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            killed = true;
+        }
+        let cleaned = clean_leftovers(&dir)?;
+        if !cleaned.is_empty() {
+            println!("cleaned up what it left: {}", cleaned.join("; "));
+        } else if killed {
+            println!("it left nothing behind");
+        }
+        println!("stopped fleet-dev (pid {pid}){what}");
+        return Ok(());
+    }
+    let cleaned = clean_leftovers(&dir)?;
+    if cleaned.is_empty() {
+        println!("nothing is running in {}", dir.display());
+    } else {
+        let pid = fleet
+            .as_ref()
+            .and_then(|f| f.json["pid"].as_u64())
+            .map_or(String::new(), |p| format!(" (pid {p})"));
+        println!(
+            "fleet-dev{pid} is gone but left a fleet behind{what}; cleaned up: {}",
+            cleaned.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// ": controller at …, 3 boards (jetson-01, …)" from fleet.json.
+fn describe_fleet(fleet: &FleetFile) -> String {
+    let names: Vec<&str> = fleet.json["nodes"]
+        .as_array()
+        .map(|n| n.iter().filter_map(|n| n["name"].as_str()).collect())
+        .unwrap_or_default();
+    match fleet.json["controller"].as_str() {
+        Some(addr) => format!(
+            ": controller at {addr}, {} board(s) ({})",
+            names.len(),
+            names.join(", ")
+        ),
+        None => String::new(),
+    }
+}
+
+/// The pid of the `up` that owns `dir`, if it still runs.
+fn running_owner(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join(PIDFILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if !is_alive(pid) {
+        return None;
+    }
+    // The same process, not a later one with its pid.
+    let recorded = FleetFile::read(dir)
+        .ok()
+        .filter(|f| f.json["pid"] == pid)
+        .and_then(|f| f.json["pid_start_time"].as_u64());
+    match recorded {
+        Some(start) => (process_start_time(pid) == Some(start)).then_some(pid),
+        None => {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            let name = exe.file_name()?.to_string_lossy().into_owned();
+            name.starts_with("fleet-dev").then_some(pid)
+        }
+    }
+}
+
+/// Removes what an `up` that is no longer running left in `dir`'s fleet:
+/// its controller, its boards' processes (systemd managers, journald,
+/// agents, experiments) and cgroups, and its testbed run directory. Says
+/// what it removed; nothing when there was nothing.
+fn clean_leftovers(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    let _ = std::fs::remove_file(dir.join(PIDFILE));
+    let Ok(mut fleet) = FleetFile::read(dir) else {
+        return Ok(done);
+    };
+    let controller_config = fleet.json["controller_config"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("controller/controller.toml"));
+    let pids = processes_with_arg(&controller_config);
+    if !pids.is_empty() {
+        terminate(&pids, Duration::from_secs(5));
+        done.push(format!("controller (pid {})", join_pids(&pids)));
+    }
+    if let Some(cgroup) = fleet.json["testbed"]["cgroup"].as_str() {
+        let layout = Layout::detect()?;
+        let pids = layout.pids(cgroup).unwrap_or_default();
+        let exists = layout.dirs(cgroup).iter().any(|d| d.exists());
+        if !pids.is_empty() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !layout.is_empty(cgroup) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "processes of {cgroup} survive SIGKILL: {:?}",
+                    layout.pids(cgroup)
+                );
+                let _ = layout.kill(cgroup);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            done.push(format!(
+                "{} board process(es) (systemd managers, journald, agents, experiments)",
+                pids.len()
+            ));
+        }
+        if exists {
+            layout.remove(cgroup)?;
+            layout.remove_root_if_unused();
+            done.push(format!("cgroup {cgroup}"));
+        }
+    }
+    if let Some(run_dir) = fleet.json["testbed"]["run_dir"].as_str() {
+        let run_dir = Path::new(run_dir);
+        // Anything still running from there (an agent that left its board's
+        // cgroup, which the testbed never does, would be one).
+        let pids = processes_with_arg_prefix(run_dir);
+        if !pids.is_empty() {
+            terminate(&pids, Duration::from_secs(5));
+            done.push(format!("process(es) {}", join_pids(&pids)));
+        }
+        if run_dir.exists() {
+            std::fs::remove_dir_all(run_dir)
+                .with_context(|| format!("remove {}", run_dir.display()))?;
+            done.push(format!("run directory {}", run_dir.display()));
+        }
+    }
+    if fleet.json["state"] != "stopped" {
+        fleet.json["state"] = "stopped".into();
+        write_json(&dir.join(FLEET_JSON), &fleet.json)?;
+    }
+    Ok(done)
+}
+
+fn join_pids(pids: &[u32]) -> String {
+    let s: Vec<String> = pids.iter().map(u32::to_string).collect();
+    s.join(", ")
+}
+
+/// SIGTERM, then SIGKILL after `grace`, until every one is gone.
+fn terminate(pids: &[u32], grace: Duration) {
+    for &pid in pids {
+        signal(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(|&p| is_alive(p)) {
+        if Instant::now() > deadline {
+            for &pid in pids {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Alive and not a zombie waiting for its parent.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`): with the pid, it names a process for good.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+fn all_processes() -> Vec<(u32, Vec<OsString>)> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| OsString::from_vec(a.to_vec()))
+                .collect();
+            Some((pid, args))
+        })
+        .filter(|(pid, _)| *pid != std::process::id() && is_alive(*pid))
+        .collect()
+}
+
+/// Live processes with `arg` as one of their arguments.
+fn processes_with_arg(arg: &Path) -> Vec<u32> {
+    all_processes()
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| Path::new(a) == arg))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Live processes with an argument below `dir`.
+fn processes_with_arg_prefix(dir: &Path) -> Vec<u32> {
+    all_processes()
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| Path::new(a).starts_with(dir)))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// The demo
+
+/// What a demo experiment should end as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Exits 0 the first time.
+    Succeeds,
+    /// Stopped by the hot board's guard at critical, requeued elsewhere as
+    /// a disruption (not a crash), then succeeds.
+    ThermalRequeue,
+    /// Placed away from the hot board, then succeeds.
+    AvoidsHotBoard,
+    /// Crashes, is restarted, and fails at its restart limit.
+    RestartLimit,
+    /// Killed for memory.
+    Oom,
+    /// Runs in the power mode it asked for, after a switch.
+    PowerMode(&'static str),
+}
+
+impl Expect {
+    fn describe(self) -> String {
+        match self {
+            Expect::Succeeds => "succeeded".into(),
+            Expect::ThermalRequeue => "thermal stop, requeued, succeeded".into(),
+            Expect::AvoidsHotBoard => "placed off the hot board, succeeded".into(),
+            Expect::RestartLimit => "failed at its restart limit".into(),
+            Expect::Oom => "failed: killed for memory".into(),
+            Expect::PowerMode(m) => format!("succeeded in power mode {m}"),
+        }
+    }
+
+    /// Whether `e` ended as expected; None while it has not ended.
+    fn check(self, e: &v1::Experiment, hot: &str) -> Option<bool> {
+        let phase = e.phase();
+        let ended = matches!(
+            phase,
+            ExperimentPhase::Succeeded
+                | ExperimentPhase::Failed
+                | ExperimentPhase::Stopped
+                | ExperimentPhase::Cancelled
+        );
+        if !ended {
+            return None;
+        }
+        let last = e.runs.last();
+        Some(match self {
+            Expect::Succeeds => phase == ExperimentPhase::Succeeded,
+            Expect::ThermalRequeue => {
+                phase == ExperimentPhase::Succeeded
+                    && e.disruptions >= 1
+                    && e.crashes == 0
+                    && e.runs
+                        .iter()
+                        .any(|r| r.disruption() == v1::Disruption::Thermal)
+            }
+            Expect::AvoidsHotBoard => {
+                phase == ExperimentPhase::Succeeded && e.runs.first().is_some_and(|r| r.node != hot)
+            }
+            Expect::RestartLimit => {
+                phase == ExperimentPhase::Failed
+                    && e.crashes >= 1
+                    && last.is_some_and(|r| r.failure() == v1::FailureReason::StartLimit)
+            }
+            Expect::Oom => {
+                phase == ExperimentPhase::Failed
+                    && last.is_some_and(|r| r.failure() == v1::FailureReason::OomKill)
+            }
+            Expect::PowerMode(mode) => {
+                phase == ExperimentPhase::Succeeded
+                    && last
+                        .and_then(|r| r.power_mode.as_ref())
+                        .is_some_and(|m| m.name == mode)
+            }
+        })
+    }
+}
+
+struct DemoOutcome {
+    rows: Vec<(String, Expect, Option<bool>)>,
+}
+
+impl DemoOutcome {
+    fn all_as_expected(&self) -> bool {
+        self.rows.iter().all(|(_, _, ok)| *ok == Some(true))
+    }
+
+    fn unexpected(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|(_, _, ok)| *ok != Some(true))
+            .map(|(id, _, ok)| match ok {
+                None => format!("{id} (not ended)"),
+                Some(_) => id.clone(),
+            })
+            .collect()
+    }
+}
+
+fn sh_spec(id: &str, script: &str) -> v1::ExperimentSpec {
     v1::ExperimentSpec {
         id: id.into(),
         command: vec!["/bin/sh".into(), "-c".into(), script.into()],
         lifecycle: Some(v1::Lifecycle {
             restart_delay: "1s".into(),
             max_restarts: Some(2),
+            stop_timeout: "5s".into(),
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
+/// Keeps one core busy (at most half of it, by its CPU quota) for `secs`
+/// seconds of wall time: bash's `$SECONDS` and `:` are builtins, so the
+/// shell itself spins and SIGTERM ends it at once.
+fn heater_spec(id: &str, secs: u32) -> v1::ExperimentSpec {
+    let mut s = sh_spec(id, "");
+    s.command = vec![
+        "/bin/bash".into(),
+        "-c".into(),
+        format!(
+            "echo \"$FLEET_EXPERIMENT_ID heats $(hostname) for {secs} s\"; while [ $SECONDS -lt {secs} ]; do :; done; echo done"
+        ),
+    ];
+    s.resources = Some(v1::Resources {
+        cpu_quota: "50%".into(),
+        ..Default::default()
+    });
+    s
+}
+
+/// Experiments with what each should end as.
+type Queue = Vec<(v1::ExperimentSpec, Expect)>;
+
+/// The sample queue: what goes first, and what follows once the hot board is
+/// too hot. The power-mode experiment asks for a mode only an Orin NX has
+/// (a switch there needs no reboot), so it is left out without one.
+fn demo_queue(has_nx: bool) -> (Queue, Queue) {
+    let heater_a = (heater_spec("heater-a", 20), Expect::ThermalRequeue);
+    let mut hog = v1::ExperimentSpec {
+        id: "memory-hog".into(),
+        // awk doubles a string until the kernel kills it: no shell in
+        // between, so the main process itself dies.
+        command: vec![
+            "/usr/bin/awk".into(),
+            "BEGIN { s = \"x\"; while (1) { s = s s } }".into(),
+        ],
+        ..sh_spec("memory-hog", "")
+    };
+    hog.resources = Some(v1::Resources {
+        memory_max: "64M".into(),
+        ..Default::default()
+    });
+    hog.lifecycle.as_mut().expect("set").restart = "never".into();
+    let mut short = vec![
+        (
+            sh_spec(
+                "hello-world",
+                "echo \"experiment $FLEET_EXPERIMENT_ID, epoch $FLEET_EPOCH\"; for i in 1 2 3 4 5; do echo step $i; sleep 1; done; echo done",
+            ),
+            Expect::Succeeds,
+        ),
+        (
+            sh_spec("flaky", "echo about to crash; sleep 1; exit 3"),
+            Expect::RestartLimit,
+        ),
+        (hog, Expect::Oom),
+    ];
+    if has_nx {
+        let mut pm = sh_spec(
+            "power-25w",
+            "echo \"running on $(hostname) in the power mode it asked for\"; sleep 3; echo done",
+        );
+        pm.placement = Some(v1::Placement {
+            power_mode: "25W".into(),
+            ..Default::default()
+        });
+        short.push((pm, Expect::PowerMode("25W")));
+    }
+    let heater_b = (heater_spec("heater-b", 12), Expect::AvoidsHotBoard);
+    let mut first = vec![heater_a];
+    first.extend(short);
+    (first, vec![heater_b])
+}
+
+fn phase_name(p: ExperimentPhase) -> String {
+    format!("{p:?}").to_lowercase()
+}
+
+fn secs_since(start: Instant) -> String {
+    format!("{:>5.1}s", start.elapsed().as_secs_f64())
+}
+
 async fn run_demo(
     controller: &ControllerHandle,
-    admin: &fleet_testbed::pki::CertFiles,
-) -> anyhow::Result<()> {
-    use fleet_proto::v1::{controller_client::ControllerClient, ExperimentPhase};
+    admin: &CertFiles,
+    fleet: &Fleet,
+    deadline: Duration,
+) -> anyhow::Result<DemoOutcome> {
     let mut c: ControllerClient<Channel> = controller.client_as(admin).await?;
-    println!("\n== demo: two experiments through the controller ==");
-    let specs = [
-        demo_spec(
-            "hello-world",
-            "echo \"experiment $FLEET_EXPERIMENT_ID, epoch $FLEET_EPOCH\"; for i in 1 2 3 4 5; do echo step $i; sleep 1; done; echo done",
+    let started = Instant::now();
+    let give_up = started + deadline;
+    let names: Vec<String> = fleet.boards.iter().map(|b| b.name().to_owned()).collect();
+    wait_nodes_ready(&mut c, &names).await?;
+
+    let has_nx = fleet.fixtures.contains(&Fixture::OrinNx);
+    let (first, later) = demo_queue(has_nx);
+    let weak = names[0].clone();
+    println!("\n== demo: a sample queue through the controller ==");
+    println!(
+        "The scheduling policy is set to `coolest` for the demo, so placement follows temperature alone\n\
+         (the default is `balanced`; the demo puts it back at the end). {weak} has a weak fan in this\n\
+         demo's thermal model: half a busy core takes it past the guard's critical 85 °C, where the\n\
+         other boards only warm by about 12 °C."
+    );
+    c.set_policy(v1::SetPolicyRequest {
+        name: "coolest".into(),
+        ..Default::default()
+    })
+    .await?;
+    let policy = c.get_policy(v1::GetPolicyRequest {}).await?.into_inner();
+
+    // The story: every event from here on, narrated.
+    let last_seq = last_event_seq(&mut c).await?;
+    let narrator = tokio::spawn(narrate(c.clone(), last_seq + 1, started));
+
+    let mut expected: Vec<(String, Expect)> = Vec::new();
+    let mut first = first.into_iter();
+    let (heater_a, expect) = first.next().expect("heater-a first");
+    expected.push((heater_a.id.clone(), expect));
+    story(
+        started,
+        "submitting heater-a: a CPU-busy experiment; every board is equally cool, so it goes to the first",
+    );
+    submit(&mut c, heater_a).await?;
+    let hot = wait_node_of(&mut c, "heater-a", give_up).await?;
+    let hot_idx = names.iter().position(|n| *n == hot).unwrap_or(0);
+    if hot != weak {
+        // Not expected (equal temperatures go to the first name), but the
+        // story needs the heater on the weak board: move the weak fan.
+        fleet.hardware[0].set_params(demo_thermal(false));
+        fleet.hardware[hot_idx].set_params(demo_thermal(true));
+        story(
+            started,
+            &format!("heater-a went to {hot}: the demo gives {hot} the weak fan instead"),
+        );
+    }
+    let warm = wait_hottest(&mut c, &hot, 42.0, give_up).await?;
+    story(
+        started,
+        &format!("{hot} warms up ({warm:.1} °C): the short experiments go to cooler boards"),
+    );
+    for (spec, expect) in first {
+        expected.push((spec.id.clone(), expect));
+        submit(&mut c, spec).await?;
+    }
+    if !has_nx {
+        story(
+            started,
+            "no Orin NX board in this fleet (--boards): the power-mode experiment is left out",
+        );
+    }
+    let warn_c = node_warn_c(&mut c, &hot).await?;
+    let limit = warn_c - policy.temp_margin_c;
+    let t = wait_hottest(&mut c, &hot, limit, give_up).await?;
+    story(
+        started,
+        &format!(
+            "{hot} is at {t:.1} °C, past warn {warn_c:.0} − margin {:.0}: too hot for new work; submitting heater-b",
+            policy.temp_margin_c
         ),
-        demo_spec("flaky", "echo about to crash; sleep 1; exit 3"),
-    ];
-    let mut from = u64::MAX;
-    for s in specs {
-        let r = c
-            .submit(v1::SubmitRequest {
-                spec: Some(s),
-                dry_run: false,
-            })
+    );
+    for (spec, expect) in later {
+        let id = spec.id.clone();
+        expected.push((id.clone(), expect));
+        submit(&mut c, spec).await?;
+        let node = wait_node_of(&mut c, &id, give_up).await?;
+        let why = c
+            .explain(v1::ExplainRequest { id: id.clone() })
             .await?
-            .into_inner();
-        from = from.min(r.event_seq);
-        println!("submitted (event {})", r.event_seq);
+            .into_inner()
+            .last
+            .and_then(|d| d.nodes.into_iter().find(|v| v.node == hot))
+            .map(|v| v.reasons.join("; "))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "it scored lower".into());
+        story(
+            started,
+            &format!("{id} went to {node}; {hot} was passed over: {why}"),
+        );
     }
-    let mut events = c
-        .watch_events(v1::WatchEventsRequest {
-            from_seq: Some(from),
-            filter: Some(v1::EventFilter {
-                experiments: vec!["hello-world".into(), "flaky".into()],
-                ..Default::default()
-            }),
-            replay_only: false,
-        })
-        .await?
-        .into_inner();
-    let mut finished = std::collections::HashSet::new();
-    let deadline = tokio::time::sleep(Duration::from_secs(90));
-    tokio::pin!(deadline);
-    while finished.len() < 2 {
-        tokio::select! {
-            Some(ev) = events.next() => {
-                let ev = ev?;
-                println!("  [event {:>3}] {:<12} {:<10} {}", ev.seq, ev.experiment, ev.node, ev.message);
-                if matches!(ev.to(), ExperimentPhase::Succeeded | ExperimentPhase::Failed) {
-                    finished.insert(ev.experiment.clone());
-                }
+
+    // Until every experiment ended, or the deadline.
+    let ids: Vec<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
+    let mut latest: BTreeMap<String, v1::Experiment> = BTreeMap::new();
+    loop {
+        for id in &ids {
+            if let Ok(e) = c.get(v1::GetRequest { id: (*id).into() }).await {
+                latest.insert((*id).to_owned(), e.into_inner());
             }
-            _ = &mut deadline => break,
         }
+        let all_ended = expected
+            .iter()
+            .all(|(id, x)| latest.get(id).is_some_and(|e| x.check(e, &hot).is_some()));
+        if all_ended || Instant::now() > give_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Let the narrator print the last events.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    narrator.abort();
+
     let mut logs = c
         .logs(v1::LogsRequest {
             id: "hello-world".into(),
@@ -348,24 +1174,328 @@ async fn run_demo(
         })
         .await?
         .into_inner();
+    println!();
     while let Some(line) = logs.next().await {
         println!("  [log] hello-world  {}", line?.message);
     }
-    for id in ["hello-world", "flaky"] {
-        let e = c.get(v1::GetRequest { id: id.into() }).await?.into_inner();
-        let last = e.runs.last();
+
+    // The run record of a power-mode experiment should name the mode it
+    // ran in; the controller takes it from the board's last sample, which
+    // may still show the mode before the switch. The board's events say
+    // when the switch happened.
+    let mut switch_seen = BTreeMap::new();
+    for (id, x) in &expected {
+        if let (Expect::PowerMode(mode), Some(e)) = (x, latest.get(id)) {
+            if let Some(run) = e.runs.last() {
+                let at = switched_before(&mut c, &run.node, mode, run.started_at_unix_us).await?;
+                switch_seen.insert(id.clone(), at);
+            }
+        }
+    }
+
+    let mut outcome = DemoOutcome { rows: Vec::new() };
+    println!(
+        "\n{:<12} {:<36} {:<4} how it ended",
+        "experiment", "expected", "ok"
+    );
+    for (id, x) in &expected {
+        let e = latest.get(id);
+        let mut ok = e.and_then(|e| x.check(e, &hot));
+        let mut got = e.map_or("unknown".to_owned(), how_it_ended);
+        if let (Some(false), Some(true), Some(e)) = (ok, switch_seen.get(id), e) {
+            if e.phase() == ExperimentPhase::Succeeded {
+                ok = Some(true);
+                got.push_str(&format!(
+                    " (the run record shows the mode of the sample before the switch; the board's events show it switched to {} first)",
+                    match x {
+                        Expect::PowerMode(m) => m,
+                        _ => "",
+                    }
+                ));
+            }
+        }
+        let mark = match ok {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "…",
+        };
+        println!("{id:<12} {:<36} {mark:<4} {got}", x.describe());
+        outcome.rows.push((id.clone(), *x, ok));
+    }
+    let good = outcome.rows.iter().filter(|r| r.2 == Some(true)).count();
+    if outcome.all_as_expected() {
         println!(
-            "{id}: {} on {} ({} run(s), {} crash(es)){}",
-            format!("{:?}", e.phase()).to_lowercase(),
-            last.map(|r| r.node.as_str()).unwrap_or("-"),
-            e.runs.len(),
-            e.crashes,
-            last.filter(|r| !r.message.is_empty())
-                .map(|r| format!(" — {}", r.message))
-                .unwrap_or_default()
+            "demo: all {good} experiments ended as expected ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!(
+            "demo: {good} of {} experiments ended as expected; not: {}",
+            outcome.rows.len(),
+            outcome.unexpected().join(", ")
         );
     }
+    c.set_policy(v1::SetPolicyRequest {
+        name: "balanced".into(),
+        ..Default::default()
+    })
+    .await?;
+    println!("scheduling policy back to balanced");
+    Ok(outcome)
+}
+
+/// Whether `node` reported a switch to power mode `mode` before `before_us`.
+async fn switched_before(
+    c: &mut ControllerClient<Channel>,
+    node: &str,
+    mode: &str,
+    before_us: i64,
+) -> anyhow::Result<bool> {
+    let mut events = c
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(1),
+            filter: Some(v1::EventFilter {
+                nodes: vec![node.into()],
+                kinds: vec![v1::EventKind::NodePowerModeChanged as i32],
+                ..Default::default()
+            }),
+            replay_only: true,
+        })
+        .await?
+        .into_inner();
+    let mut seen = false;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if ev.timestamp_unix_us <= before_us && ev.message.contains(&format!("→ {mode} ")) {
+            seen = true;
+        }
+    }
+    Ok(seen)
+}
+
+fn story(started: Instant, text: &str) {
+    println!("{}  ▶ {text}", secs_since(started));
+}
+
+/// "succeeded on jetson-02; runs: jetson-01 disrupted (thermal), …".
+fn how_it_ended(e: &v1::Experiment) -> String {
+    let runs: Vec<String> = e
+        .runs
+        .iter()
+        .map(|r| {
+            let outcome = format!("{:?}", r.outcome()).to_lowercase();
+            let mut s = format!("{} {outcome}", r.node);
+            if r.disruption() != v1::Disruption::Unspecified {
+                s.push_str(&format!(" ({:?})", r.disruption()).to_lowercase());
+            } else if r.failure() != v1::FailureReason::None {
+                s.push_str(&format!(" ({:?})", r.failure()).to_lowercase());
+            }
+            if let Some(m) = &r.power_mode {
+                s.push_str(&format!(" in {}", m.name));
+            }
+            s
+        })
+        .collect();
+    format!(
+        "{}; {} crash(es), {} disruption(s); runs: {}",
+        phase_name(e.phase()),
+        e.crashes,
+        e.disruptions,
+        runs.join(", ")
+    )
+}
+
+async fn submit(c: &mut ControllerClient<Channel>, spec: v1::ExperimentSpec) -> anyhow::Result<()> {
+    let id = spec.id.clone();
+    c.submit(v1::SubmitRequest {
+        spec: Some(spec),
+        dry_run: false,
+    })
+    .await
+    .with_context(|| format!("submit {id}"))?;
     Ok(())
+}
+
+async fn wait_nodes_ready(
+    c: &mut ControllerClient<Channel>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = c
+            .list_nodes(v1::ListNodesRequest::default())
+            .await?
+            .into_inner()
+            .nodes;
+        let ready: HashSet<&str> = nodes
+            .iter()
+            .filter(|n| {
+                n.connection() == v1::NodeConnection::Connected
+                    && n.info.is_some()
+                    && n.telemetry.as_ref().is_some_and(|t| t.hottest_c.is_some())
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        if names.iter().all(|n| ready.contains(n.as_str())) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the controller did not see every board within a minute (ready: {ready:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The node an experiment was placed on, once it has one.
+async fn wait_node_of(
+    c: &mut ControllerClient<Channel>,
+    id: &str,
+    give_up: Instant,
+) -> anyhow::Result<String> {
+    loop {
+        let e = c.get(v1::GetRequest { id: id.into() }).await?.into_inner();
+        if !e.node.is_empty() {
+            return Ok(e.node);
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "{id} was not placed in time: {} ({})",
+            phase_name(e.phase()),
+            e.reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the controller sees `node`'s hottest zone at `celsius` or
+/// more; prints the climb every 10 °C.
+async fn wait_hottest(
+    c: &mut ControllerClient<Channel>,
+    node: &str,
+    celsius: f64,
+    give_up: Instant,
+) -> anyhow::Result<f64> {
+    loop {
+        let t = c
+            .list_nodes(v1::ListNodesRequest {
+                names: vec![node.into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .nodes
+            .first()
+            .and_then(|n| n.telemetry.as_ref())
+            .and_then(|t| t.hottest_c);
+        if let Some(t) = t.filter(|t| *t >= celsius) {
+            return Ok(t);
+        }
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "{node} did not reach {celsius:.1} °C in time (at {t:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn node_warn_c(c: &mut ControllerClient<Channel>, node: &str) -> anyhow::Result<f64> {
+    let nodes = c
+        .list_nodes(v1::ListNodesRequest {
+            names: vec![node.into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .nodes;
+    Ok(nodes
+        .first()
+        .and_then(|n| n.info.as_ref())
+        .map(|i| i.warn_c)
+        .filter(|w| *w > 0.0)
+        .unwrap_or(75.0))
+}
+
+async fn last_event_seq(c: &mut ControllerClient<Channel>) -> anyhow::Result<u64> {
+    let mut events = c
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(1),
+            filter: None,
+            replay_only: true,
+        })
+        .await?
+        .into_inner();
+    let mut last = 0;
+    while let Some(ev) = events.next().await {
+        last = ev?.seq;
+    }
+    Ok(last)
+}
+
+/// Prints the controller's events from `from` on, with a word on what the
+/// important ones mean.
+async fn narrate(mut c: ControllerClient<Channel>, from: u64, started: Instant) {
+    use v1::EventKind as K;
+    let Ok(stream) = c
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(from),
+            filter: None,
+            replay_only: false,
+        })
+        .await
+    else {
+        println!("(the controller's event stream is not available)");
+        return;
+    };
+    let mut events = stream.into_inner();
+    while let Some(Ok(ev)) = events.next().await {
+        let kind = ev.kind();
+        let quiet = matches!(
+            kind,
+            K::NodeConnected | K::PolicyChanged | K::NodeAdded | K::NodeJoined
+        ) || (kind == K::PhaseChanged
+            && ev.from() == ExperimentPhase::Placing
+            && ev.to() == ExperimentPhase::Starting);
+        if quiet {
+            continue;
+        }
+        let subject = if ev.experiment.is_empty() {
+            String::new()
+        } else {
+            ev.experiment.clone()
+        };
+        println!(
+            "{}  {:<12} {:<10} {}",
+            secs_since(started),
+            subject,
+            ev.node,
+            ev.message
+        );
+        let note = match kind {
+            K::NodeThermalChanged if ev.message.contains("→ critical") => Some(
+                "the board's guard stops everything on it, gracefully; the controller places nothing there",
+            ),
+            K::NodeThermalChanged if ev.message.contains("→ warn") => {
+                Some("the board's guard refuses new experiments")
+            }
+            K::Disrupted => Some(
+                "a disruption, not a crash: the crash budget is untouched, and on_disruption = requeue puts it back in the queue",
+            ),
+            K::Crashed => Some("systemd restarted it (Restart=on-failure)"),
+            K::NodePowerModeChanged => Some(
+                "the controller switched the board's nvpmodel mode before starting an experiment that asked for it",
+            ),
+            K::PhaseChanged
+                if ev.to() == ExperimentPhase::Failed && ev.message.contains("memory") =>
+            {
+                Some("its MemoryMax= was enforced by the kernel; the agent attributes the kill")
+            }
+            _ => None,
+        };
+        if let Some(note) = note {
+            println!("{}  {:<23}   ↳ {note}", secs_since(started), "");
+        }
+    }
 }
 
 /// The board as the agent sees it: identity, power modes, one sample.
@@ -433,6 +1563,9 @@ fn sample_line(s: &v1::TelemetrySample) -> String {
     )
 }
 
+// ---------------------------------------------------------------------------
+// heat and watch
+
 /// What `up` wrote to `fleet.json`, read back by the other commands.
 struct FleetFile {
     json: serde_json::Value,
@@ -440,7 +1573,7 @@ struct FleetFile {
 
 impl FleetFile {
     fn read(dir: &Path) -> anyhow::Result<FleetFile> {
-        let path = dir.join("fleet.json");
+        let path = dir.join(FLEET_JSON);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "read {} (is `fleet-dev up --dir {}` running?)",

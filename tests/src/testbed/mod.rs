@@ -273,6 +273,13 @@ impl Testbed {
         &self.path
     }
 
+    /// The run's cgroup, relative to each hierarchy's root
+    /// (`fleet-testbed/<pid>-<start time>-<seq>-<name>`): what a program that
+    /// outlives a killed owner (fleet-dev's `down`) needs to clean up.
+    pub fn cgroup(&self) -> &str {
+        &self.cgroup
+    }
+
     /// The boards, in the order they were added.
     pub fn boards(&self) -> &[Board] {
         &self.boards
