@@ -1,10 +1,12 @@
 //! The agent's start-up, in boot order, and its long-running tasks.
 //!
-//! 1. connect to systemd (D-Bus) and open the store;
-//! 2. re-adopt what systemd runs and what the store remembers;
-//! 3. follow systemd's signals;
-//! 4. load the TLS identity and bind the gRPC listener;
-//! 5. tell systemd READY=1 and serve until SIGTERM/SIGINT.
+//! 1. load the TLS identity and check that it names this board's node;
+//! 2. connect to systemd (D-Bus) and open the store;
+//! 3. re-adopt what systemd runs and what the store remembers;
+//! 4. follow systemd's signals;
+//! 5. bind the gRPC listener;
+//! 6. tell systemd READY=1, join the controller in the background (when one
+//!    is configured) and serve until SIGTERM/SIGINT.
 //!
 //! Stopping the agent never stops an experiment.
 
@@ -13,11 +15,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fleet_proto::tls::{self, ServerTls, TlsFiles};
+use fleet_proto::tls::{self, ClientTls, ServerTls, TlsFiles};
 use fleet_proto::v1;
 use tonic::transport::Server;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, JoinSettings};
 use crate::experiments::{Experiments, Paths};
 use crate::grpc::{AgentService, AuthzLayer};
 use crate::node::{Gate, Node};
@@ -32,10 +34,40 @@ pub struct App {
     pub experiments: Arc<Experiments>,
     pub node: Arc<Node>,
     config: AgentConfig,
+    files: TlsFiles,
+    server_tls: ServerTls,
+    join: Option<JoinSettings>,
+}
+
+/// The certificate names another node (or no agent at all) than the
+/// config's `node`: the agent refuses to start, since the controller would
+/// know the board under the certificate's name and the board would call
+/// itself by the config's.
+#[derive(Debug, thiserror::Error)]
+#[error("the certificate {cert} names {identity}, but this board's node is \"{node}\" (`node` in the agent config): issue a certificate for it (fleetctl pki issue agent {node}) or set node to the name the certificate gives")]
+pub struct IdentityMismatch {
+    pub cert: String,
+    pub identity: String,
+    pub node: String,
 }
 
 impl App {
     pub async fn build(config: AgentConfig) -> anyhow::Result<App> {
+        let tls_cfg = &config.tls;
+        let mut files = TlsFiles::new(&tls_cfg.ca, &tls_cfg.cert, &tls_cfg.key);
+        if let Some(crl) = &tls_cfg.crl {
+            files = files.with_crl(crl);
+        }
+        let server_tls = ServerTls::from_files(files.clone())?;
+        let identity = server_tls.identity();
+        if identity.agent_node() != Some(config.node.as_str()) {
+            return Err(IdentityMismatch {
+                cert: tls_cfg.cert.display().to_string(),
+                identity: identity.to_string(),
+                node: config.node.clone(),
+            }
+            .into());
+        }
         std::fs::create_dir_all(&config.state_dir).with_context(|| {
             format!(
                 "cannot create the state directory {}",
@@ -66,7 +98,17 @@ impl App {
             experiments,
             node,
             config,
+            files,
+            server_tls,
+            join: None,
         })
+    }
+
+    /// Joins this controller once serving (see [`crate::join`]); without
+    /// it the agent joins nothing.
+    pub fn with_join(mut self, join: Option<JoinSettings>) -> Self {
+        self.join = join;
+        self
     }
 
     /// Runs until `shutdown` resolves.
@@ -93,12 +135,18 @@ impl App {
             })
         });
 
-        let tls_cfg = &self.config.tls;
-        let mut files = TlsFiles::new(&tls_cfg.ca, &tls_cfg.cert, &tls_cfg.key);
-        if let Some(crl) = &tls_cfg.crl {
-            files = files.with_crl(crl);
-        }
-        let server_tls = ServerTls::from_files(files)?;
+        let server_tls = self.server_tls.clone();
+        // The join's client TLS: the same files, presented as a client.
+        let client_tls = match &self.join {
+            Some(_) => match ClientTls::new(self.files.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %crate::grpc::error_chain(&e), "cannot join the controller: the agent certificate does not work as a client certificate; serving without joining");
+                    None
+                }
+            },
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", self.config.listen))?;
@@ -108,6 +156,7 @@ impl App {
 
         {
             let server_tls = server_tls.clone();
+            let client_tls = client_tls.clone();
             tokio::spawn(async move {
                 let Ok(mut hup) =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -119,6 +168,11 @@ impl App {
                         Ok(identity) => tracing::info!(%identity, "reloaded certificates"),
                         Err(e) => {
                             tracing::error!(error = %crate::grpc::error_chain(&e), "certificate reload failed; keeping the old ones")
+                        }
+                    }
+                    if let Some(client_tls) = &client_tls {
+                        if let Err(e) = client_tls.reload() {
+                            tracing::error!(error = %crate::grpc::error_chain(&e), "client certificate reload failed; keeping the old ones");
                         }
                     }
                 }
@@ -140,6 +194,28 @@ impl App {
         };
         sd_notify("READY=1");
         let watchdog = spawn_watchdog(self.node.clone());
+        // The listener is bound: a controller dialling back at once finds it.
+        // Serving never waits for the join.
+        let joiner = match (self.join.clone(), client_tls) {
+            (Some(settings), Some(tls)) => {
+                let advertise = crate::join::Advertise::new(settings.advertise.as_ref(), bound);
+                Some(tokio::spawn(
+                    crate::join::Joiner {
+                        settings,
+                        advertise,
+                        tls,
+                        node: self.node.clone(),
+                    }
+                    .run(),
+                ))
+            }
+            _ => {
+                if self.join.is_none() {
+                    tracing::info!("no controller configured (controller.address, FLEET_CONTROLLER): joining none; a controller with this node in its config still connects");
+                }
+                None
+            }
+        };
         let server = Server::builder()
             .layer(AuthzLayer)
             .add_service(health_service)
@@ -161,6 +237,9 @@ impl App {
             }
         }
         sampler.abort();
+        if let Some(j) = joiner {
+            j.abort();
+        }
         if let Some(m) = metrics {
             m.abort();
         }

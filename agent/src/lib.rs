@@ -10,6 +10,7 @@ pub mod experiments;
 pub mod grpc;
 pub mod guard;
 pub mod hw;
+pub mod join;
 pub mod logs;
 pub mod metrics;
 pub mod node;

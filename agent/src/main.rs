@@ -1,12 +1,13 @@
-//! `fleet-agent`: a thin main. Parses flags, reads the config (exit 64 on a
-//! bad one), builds the app and serves until SIGTERM or SIGINT.
+//! `fleet-agent`: a thin main. Parses flags, reads the config and
+//! `FLEET_CONTROLLER` (exit 64 on a bad one, or on a certificate naming
+//! another node), builds the app and serves until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleet_agent::app::App;
-use fleet_agent::config::AgentConfig;
+use fleet_agent::app::{App, IdentityMismatch};
+use fleet_agent::config::{AgentConfig, ENV_CONTROLLER};
 
 /// sysexits' EX_CONFIG.
 const EXIT_CONFIG: u8 = 64;
@@ -33,7 +34,7 @@ struct Cli {
 enum Command {
     /// Print a config file with every default.
     GenConfig,
-    /// Check the config file and exit.
+    /// Check the config file (and FLEET_CONTROLLER) and exit.
     CheckConfig,
     /// Record how a run ended (run by systemd from `ExecStopPost=`).
     #[command(hide = true)]
@@ -83,8 +84,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let env_controller = std::env::var(ENV_CONTROLLER).ok();
+    let join = match config.join_settings(env_controller.as_deref()) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("fleet-agent: {}: {e}", cli.config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if matches!(cli.command, Some(Command::CheckConfig)) {
         println!("{}: ok", cli.config.display());
+        match &join {
+            Some(j) => println!(
+                "joins the controller at {} (from {})",
+                j.controller, j.source
+            ),
+            None => println!(
+                "joins no controller (controller.address and {ENV_CONTROLLER} are not set)"
+            ),
+        }
         return ExitCode::SUCCESS;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -93,11 +111,15 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = rt.block_on(async move {
-        let app = App::build(config).await?;
+        let app = App::build(config).await?.with_join(join);
         app.run(shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<IdentityMismatch>().is_some() => {
+            tracing::error!("{e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
