@@ -26,8 +26,10 @@ Options:
                       controller.pem/.key (controller), and crl.pem if present
   --node NAME         agent: this board's node name (default: from the single
                       agent-<node>.pem in --certs, else the host name)
-  --controller URL    agent: the controller this board joins (FLEET_CONTROLLER in
-                      /etc/fleet/agent.env)
+  --controller URL    agent: the controller this board joins when the agent
+                      starts, host:port or https://host:port (port 7444 if
+                      none); written as FLEET_CONTROLLER to /etc/fleet/agent.env,
+                      which overrides controller.address in agent.toml
   --jetpack RELEASE   agent: GPU device list r35, r36, generic or none
                       (default: picked from /etc/nv_tegra_release)
   --bin-dir DIR       where the built binaries are (default: bin/ beside this
@@ -101,6 +103,18 @@ fi
 if [ "$ROLE" = controller ] && { [ -n "$NODE" ] || [ -n "$CONTROLLER" ] || [ -n "$JETPACK" ]; }; then
   die "--node, --controller and --jetpack are for the agent"
 fi
+# The controller's address goes into an environment file: letters, digits and
+# the punctuation of host:port, [IPv6]:port and https:// only. The agent checks
+# the rest (check-config below).
+case "$CONTROLLER" in
+  *[!A-Za-z0-9.:/_\[\]-]*) die "--controller $CONTROLLER: give host:port or https://host:port" ;;
+  *://*)
+    case "$CONTROLLER" in
+      https://* | HTTPS://*) ;;
+      *) die "--controller $CONTROLLER: fleet speaks only gRPC over mutual TLS; give host:port or https://host:port" ;;
+    esac
+    ;;
+esac
 case "$JETPACK" in
   "" | r35 | r36 | generic | none) ;;
   *) die "--jetpack $JETPACK: use r35, r36, generic or none" ;;
@@ -356,7 +370,10 @@ install_agent() {
     put_text 0644 "$ETC/agent.toml" "$(agent_config)"
   fi
   if [ -n "$CONTROLLER" ]; then
-    put_text 0644 "$ETC/agent.env" "$(printf '# Written by deploy/install.sh.\nFLEET_CONTROLLER=%s' "$CONTROLLER")"
+    # The unit loads it (EnvironmentFile=-/etc/fleet/agent.env); rewritten on
+    # every run with --controller, so running again with another URL moves
+    # the board. The agent joins at its next start.
+    put_text 0644 "$ETC/agent.env" "$(printf '# Written by deploy/install.sh: the controller this board joins when the agent\n# starts (overrides controller.address in agent.toml).\nFLEET_CONTROLLER=%s' "$CONTROLLER")"
   fi
   make_dir 0700 "$STATE"
 
@@ -371,8 +388,13 @@ check_config() {
   local agent=$ROOT$BIN/fleet-agent
   [ "$DRY_RUN" = 0 ] && [ "$ROLE" = agent ] || return 0
   if "$agent" --version >/dev/null 2>&1; then
-    "$agent" --config "$ROOT$ETC/agent.toml" check-config >/dev/null ||
-      die "$ETC/agent.toml does not pass fleet-agent check-config (see above)"
+    # With the controller the unit will pass it, so a bad URL fails here.
+    local controller=$CONTROLLER
+    if [ -z "$controller" ] && [ -f "$ROOT$ETC/agent.env" ]; then
+      controller=$(sed -n 's/^FLEET_CONTROLLER=//p' "$ROOT$ETC/agent.env" | tail -n 1)
+    fi
+    FLEET_CONTROLLER=$controller "$agent" --config "$ROOT$ETC/agent.toml" check-config >/dev/null ||
+      die "$ETC/agent.toml or --controller does not pass fleet-agent check-config (see above)"
   fi
 }
 

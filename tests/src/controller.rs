@@ -147,6 +147,28 @@ impl ControllerHandle {
         Ok(())
     }
 
+    /// Makes every later start listen on the address the controller has
+    /// now instead of a fresh port, so boards configured with it find the
+    /// controller again after a restart.
+    pub fn keep_address(&self) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let mut found = false;
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    found = true;
+                    format!("listen = \"{}\"\n", self.addr)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        anyhow::ensure!(found, "no listen key in {}", self.config.display());
+        std::fs::write(&self.config, text)?;
+        Ok(())
+    }
+
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
         self.spawn().await

@@ -397,9 +397,30 @@ fn agent_install_lays_down_the_documented_tree_once_and_uninstall_keeps_only_dat
         Some(Path::new("/etc/fleet/crl.pem"))
     );
     assert_eq!(config.tls.key, Path::new("/etc/fleet/agent.key"));
-    assert!(read(root.path().join("etc/fleet/agent.env"))
+    // --controller: the environment file the unit loads, which the agent
+    // reads as the controller it joins at start.
+    let env = read(root.path().join("etc/fleet/agent.env"));
+    let controller = env
         .lines()
-        .any(|l| l == "FLEET_CONTROLLER=https://ctl.lab:7444"));
+        .find_map(|l| l.strip_prefix("FLEET_CONTROLLER="))
+        .unwrap_or_else(|| panic!("no FLEET_CONTROLLER in agent.env: {env}"));
+    assert_eq!(controller, "https://ctl.lab:7444");
+    assert!(read(repo().join("systemd/fleet-agent.service"))
+        .lines()
+        .any(|l| l == "EnvironmentFile=-/etc/fleet/agent.env"));
+    let checked = Command::new(root.path().join("usr/local/bin/fleet-agent"))
+        .arg("--config")
+        .arg(root.path().join("etc/fleet/agent.toml"))
+        .arg("check-config")
+        .env("FLEET_CONTROLLER", controller)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("joins the controller at ctl.lab:7444 (from FLEET_CONTROLLER)"),
+        "{stdout}"
+    );
 
     // Every installed file is named in the operations guide.
     let operations = read(repo().join("docs/operations.md"));
@@ -613,6 +634,20 @@ fn the_installer_refuses_to_run_without_what_it_needs() {
             "use r35, r36, generic or none",
         ),
         (vec!["agent", "--bogus"], "unknown argument: --bogus"),
+        (
+            vec!["agent", "--root", r, "--controller", "http://ctl.lab:7444"],
+            "only gRPC over mutual TLS",
+        ),
+        (
+            vec![
+                "agent",
+                "--root",
+                r,
+                "--controller",
+                "ctl.lab\nFLEET_LOG=trace",
+            ],
+            "give host:port or https://host:port",
+        ),
     ] {
         let out = install_sh(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -621,6 +656,40 @@ fn the_installer_refuses_to_run_without_what_it_needs() {
     }
     // Nothing was written by any of them.
     assert!(snapshot(root.path()).is_empty());
+}
+
+#[test]
+fn a_controller_address_the_agent_cannot_use_fails_the_install() {
+    if !can_stage("bad controller address") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let bins = bin_dir(&[("fleet-agent", "fleet-agent")]);
+    let out = install_sh(&[
+        "agent",
+        "--root",
+        r,
+        "--bin-dir",
+        bins.path().to_str().unwrap(),
+        "--node",
+        "jetson-08",
+        "--jetpack",
+        "none",
+        "--controller",
+        "ctl.lab:99999",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    // The agent's own message names the variable and the fix.
+    assert!(
+        stderr.contains("FLEET_CONTROLLER=\"ctl.lab:99999\"") && stderr.contains("host:port"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("does not pass fleet-agent check-config"),
+        "{stderr}"
+    );
 }
 
 /// The scripts an administrator runs or a package runs for them.
