@@ -21,8 +21,8 @@ use crate::config::Settings;
 use crate::exit::CliError;
 use crate::output::Out;
 use crate::render::board::{
-    clocks_text, event_line, experiment_note, experiment_table, log_line, node_lines, power_text,
-    state_color, status_lines, zone_table,
+    clocks_text, event_line, experiment_note, experiment_table, log_line, node_lines,
+    power_outcome, state_color, status_lines, zone_table,
 };
 use crate::spec_file::{generate_id, LoadedSpec};
 use crate::time::{now_us, parse_since};
@@ -610,10 +610,7 @@ async fn power(target: &AgentTarget<'_>, args: &PowerArgs, out: &mut Out) -> Res
         changed: r.changed,
         reboot_required: r.reboot_required,
     };
-    if out.is_json() {
-        return out.json(&view);
-    }
-    out.line(&power_text(&view, mode))
+    power_outcome(&format!("power {mode}"), &view, mode, out)
 }
 
 /// The new state of `clocks`: `on` or `off`.

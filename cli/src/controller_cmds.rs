@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::exit::{chain, CliError};
 use crate::follow::{is_transient, Backoff, LogPosition};
 use crate::output::Out;
-use crate::render::board::{clocks_text, log_line, power_text};
+use crate::render::board::{clocks_text, log_line, power_outcome};
 use crate::render::fleet::{
     decision_heading, drain_text, event_line, events_table, experiments_table, labels_text,
     node_lines, node_zone_table, nodes_table, phase_color, policy_lines, runs_table, status_lines,
@@ -1166,15 +1166,12 @@ async fn power(
         .map_err(|s| CliError::rpc(format!("power {node} {mode}"), s))?
         .into_inner();
     let view = PowerView {
-        node: Some(node),
+        node: Some(node.clone()),
         mode: r.mode.as_ref().map(Into::into),
         changed: r.changed,
         reboot_required: r.reboot_required,
     };
-    if out.is_json() {
-        return out.json(&view);
-    }
-    out.line(&power_text(&view, mode))
+    power_outcome(&format!("power {node} {mode}"), &view, mode, out)
 }
 
 async fn clocks(

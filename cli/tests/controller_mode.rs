@@ -816,7 +816,7 @@ exp.toml: valid; would submit amnesiac-001
   priority:   50
   resources:  the unit template's defaults
   placement:  any board
-  lifecycle:  restarted on failure up to 3 times, 5s apart; runs at most without limit; stop timeout 30s; on disruption requeue; autostart off
+  lifecycle:  restarted on failure up to 3 times, 5s apart; no time limit; stop timeout 30s; on disruption requeue; autostart off
   decision (<time>, policy balanced): placed on jetson-03 (score 0.82)
   NODE       VERDICT      SCORE  DETAIL
   jetson-03  would place   0.82  temperature 0.90×1.00

@@ -436,6 +436,30 @@ pub fn power_text(v: &PowerView, asked: &str) -> String {
     }
 }
 
+/// Prints what `power` did. A switch the board would only make with a
+/// reboot did not happen: that is a refusal (exit 4), so a script never
+/// takes it for a switch; JSON still prints the board's answer first.
+pub fn power_outcome(
+    context: &str,
+    v: &PowerView,
+    asked: &str,
+    out: &mut crate::output::Out,
+) -> Result<(), crate::exit::CliError> {
+    let refused = v.reboot_required && !v.changed;
+    if out.is_json() {
+        out.json(v)?;
+    } else if !refused {
+        out.line(&power_text(v, asked))?;
+    }
+    if refused {
+        return Err(crate::exit::CliError::rpc(
+            context,
+            tonic::Status::failed_precondition(power_text(v, asked)),
+        ));
+    }
+    Ok(())
+}
+
 /// `jetson_clocks of jetson-01 is now on`.
 pub fn clocks_text(v: &ClocksView) -> String {
     let state = if v.enabled { "on" } else { "off" };

@@ -323,6 +323,8 @@ pub fn event_detail(e: &FleetEventView) -> String {
     };
     match (&e.message, change.is_empty()) {
         (Some(m), true) => m.clone(),
+        // The controller's own message may already say it.
+        (Some(m), false) if m.starts_with(&change) => m.clone(),
         (Some(m), false) => format!("{change}: {m}"),
         (None, _) => change,
     }
@@ -565,18 +567,17 @@ pub fn policy_lines(p: &PolicyView, now: i64) -> Vec<String> {
             p.temp_margin_c
         ),
     ));
-    let mut updated = if p.updated_at_unix_us == 0 {
-        "never".to_owned()
-    } else {
-        format!(
-            "{} ({})",
-            local(p.updated_at_unix_us),
-            age(p.updated_at_unix_us, now)
-        )
+    let updated = match (p.updated_at_unix_us, p.updated_by.as_deref()) {
+        // Never switched: the policy of the controller's config file.
+        (0, Some("config") | None) => "never: the policy of the controller's config".to_owned(),
+        (0, Some(by)) => format!("by {by}"),
+        (t, by) => format!(
+            "{} ({}){}",
+            local(t),
+            age(t, now),
+            by.map(|b| format!(" by {b}")).unwrap_or_default()
+        ),
     };
-    if let Some(by) = &p.updated_by {
-        updated.push_str(&format!(" by {by}"));
-    }
     pairs.push(("updated", updated));
     key_values(&pairs)
 }
@@ -595,6 +596,31 @@ pub fn drain_text(name: &str, d: &DrainView) -> String {
             "draining {name}: waiting for {} to finish: {list}",
             board::count(n as u64, "experiment", "experiments")
         ),
+    }
+}
+
+#[cfg(test)]
+mod event_detail_tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_said_once() {
+        let mut e = FleetEventView {
+            seq: 1,
+            time: None,
+            time_unix_us: 0,
+            kind: "phase-changed",
+            experiment: Some("a".into()),
+            node: None,
+            epoch: 1,
+            from: Some("placing"),
+            to: Some("starting"),
+            message: Some("placing → starting".into()),
+            actor: None,
+        };
+        assert_eq!(event_detail(&e), "placing → starting");
+        e.message = Some("stop: user/admin/ada".into());
+        assert_eq!(event_detail(&e), "placing → starting: stop: user/admin/ada");
     }
 }
 
@@ -673,7 +699,7 @@ command:    python3 run.py
 priority:   50
 resources:  memory at most 8G
 placement:  any board
-lifecycle:  restarted on failure up to 3 times, 5s apart; runs at most without limit; \
+lifecycle:  restarted on failure up to 3 times, 5s apart; no time limit; \
 stop timeout 30s; on disruption requeue; autostart off
 
 last report of the board:

@@ -87,8 +87,11 @@ pub fn spec_pairs(s: &SpecView) -> Vec<(&'static str, String)> {
     pairs.push((
         "lifecycle",
         format!(
-            "{restarts}; runs at most {}; stop timeout {}; on disruption {}; autostart {}",
-            s.max_runtime.as_deref().unwrap_or("without limit"),
+            "{restarts}; {}; stop timeout {}; on disruption {}; autostart {}",
+            s.max_runtime.as_deref().map_or_else(
+                || "no time limit".to_owned(),
+                |m| format!("runs at most {m}")
+            ),
             s.stop_timeout,
             s.on_disruption,
             if s.autostart { "on" } else { "off" }
