@@ -647,3 +647,176 @@ async fn a_stopped_agent_is_lost_its_work_moves_and_the_stale_copy_is_stopped() 
     .unwrap();
     f.finish().await;
 }
+
+/// One scrape of the controller's Prometheus endpoint: each sample by its
+/// name with labels, e.g. `fleet_controller_nodes{connection="connected"}`.
+async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: controller\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {text:?}"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    anyhow::ensure!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let mut samples = BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("bad sample line {line:?}"))?;
+        samples.insert(name.to_owned(), value.parse::<f64>()?);
+    }
+    Ok(samples)
+}
+
+fn sample(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    *samples
+        .get(name)
+        .unwrap_or_else(|| panic!("no sample {name} in {samples:#?}"))
+}
+
+const HISTOGRAM: &str = "fleet_controller_enqueue_to_placed_seconds";
+
+/// The histogram's buckets in order of their bounds, +Inf last.
+fn buckets(samples: &BTreeMap<String, f64>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k
+                .strip_prefix(&format!("{HISTOGRAM}_bucket{{le=\""))?
+                .strip_suffix("\"}")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, *v))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+fn nodes_by_state(samples: &BTreeMap<String, f64>) -> [f64; 4] {
+    ["pending", "connected", "unreachable", "lost"].map(|s| {
+        sample(
+            samples,
+            &format!("fleet_controller_nodes{{connection=\"{s}\"}}"),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_queue_placements_their_latency_and_nodes_by_state() {
+    let opts = ControllerOptions {
+        heartbeat_timeout_s: 2,
+        ..Default::default()
+    };
+    let Some(mut f) = fleet("metrics", 27, opts).await else {
+        return;
+    };
+    // Metrics are off by default: turn them on (a top-level key, before the
+    // first section) and start the controller again on the same store.
+    let ip = f.ctl.addr.ip();
+    let config = std::fs::read_to_string(&f.ctl.config).unwrap();
+    std::fs::write(
+        &f.ctl.config,
+        format!("metrics_listen = \"{ip}:0\"\n{config}"),
+    )
+    .unwrap();
+    f.ctl.restart().await.unwrap();
+    f.admin = f.ctl.client(&f.pki, Role::Admin).await.unwrap();
+    let log = f.ctl.log.clone();
+    let metrics: std::net::SocketAddr = wait_for("the metrics listener", DEADLINE, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text
+                .lines()
+                .rev()
+                .filter(|l| l.contains("serving Prometheus metrics"))
+                .filter_map(|l| l.split("bound=").nth(1))
+                .find_map(|a| a.trim().parse().ok())
+                .into())
+        }
+    })
+    .await
+    .unwrap();
+    f.wait_connected().await;
+
+    // A fresh controller: nothing queued or placed, every board connected.
+    let s = scrape(metrics).await.unwrap();
+    assert_eq!(sample(&s, "fleet_controller_queue_depth"), 0.0);
+    assert_eq!(sample(&s, "fleet_controller_placements_total"), 0.0);
+    assert_eq!(sample(&s, &format!("{HISTOGRAM}_count")), 0.0);
+    assert_eq!(nodes_by_state(&s), [0.0, 3.0, 0.0, 0.0]);
+    assert_eq!(buckets(&s).len(), 13, "12 bounds and +Inf");
+
+    // Three placed at once, two that no board can take.
+    for i in 0..3 {
+        f.submit(sh(&format!("placed-{i}"), FOREVER)).await.unwrap();
+    }
+    for i in 0..2 {
+        let mut s = sh(&format!("waiting-{i}"), "true");
+        s.placement = Some(v1::Placement {
+            labels: HashMap::from([("rack".into(), "z".into())]),
+            ..Default::default()
+        });
+        f.submit(s).await.unwrap();
+    }
+    for i in 0..3 {
+        f.wait(&format!("placed-{i}"), "placed to run", running)
+            .await;
+    }
+    let s = scrape(metrics).await.unwrap();
+    assert_eq!(sample(&s, "fleet_controller_queue_depth"), 2.0, "{s:#?}");
+    assert_eq!(sample(&s, "fleet_controller_placements_total"), 3.0);
+    assert_eq!(sample(&s, &format!("{HISTOGRAM}_count")), 3.0);
+    let sum = sample(&s, &format!("{HISTOGRAM}_sum"));
+    // Each was placed after its submission and, on an idle fleet, within a
+    // few scheduler passes.
+    assert!(sum > 0.0 && sum < 3.0 * 30.0, "sum {sum}");
+    let b = buckets(&s);
+    assert!(
+        b.windows(2).all(|w| w[0].1 <= w[1].1),
+        "buckets are cumulative: {b:?}"
+    );
+    assert_eq!(b.last().unwrap(), &(f64::INFINITY, 3.0));
+    let within_30s = b.iter().find(|(le, _)| *le == 30.0).unwrap().1;
+    assert_eq!(within_30s, 3.0, "{b:?}");
+
+    // The queue shrinks when one is cancelled; a board whose agent is gone
+    // counts as unreachable.
+    f.admin
+        .clone()
+        .cancel(v1::CancelRequest {
+            id: "waiting-0".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    f.agents[0].kill9().await.unwrap();
+    let s = wait_for(
+        "the stopped agent's board to count as unreachable",
+        DEADLINE,
+        || async {
+            let s = scrape(metrics).await?;
+            Ok(if nodes_by_state(&s) == [0.0, 2.0, 1.0, 0.0] {
+                Check::Ready(s)
+            } else {
+                Check::not_yet(format!("{:?}", nodes_by_state(&s)))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sample(&s, "fleet_controller_queue_depth"), 1.0);
+    assert_eq!(sample(&s, "fleet_controller_placements_total"), 3.0);
+    f.finish().await;
+}
