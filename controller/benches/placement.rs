@@ -4,10 +4,11 @@
 //!
 //! It drives the path the reconciler takes for the queue, on a real sled
 //! store in a temporary directory: `Store::submit` for each experiment, then
-//! passes of `scheduler::plan` over a `NodeView` per node (built by
-//! `wire::node_view` from the stored `NodeRecord`s and live telemetry, as
-//! `Reconciler::views` builds them) and `Store::record_pass`, which returns
-//! once the placements are flushed. Each placement is handed to its node's
+//! passes of `scheduler::plan_with(.., Detail::Compact)` over a `NodeView`
+//! per node (built by `reconciler::views_with` from the stored records and
+//! live telemetry, the function `Reconciler::views` uses) and
+//! `Store::record_pass`, which stores the pass in one transaction and
+//! returns once it is flushed; only then are the agents told. Each placement is handed to its node's
 //! agent, an in-memory task that acknowledges the start; the loop records
 //! the acknowledgement as the reconciler does (`placing → starting`, with
 //! the run's start, one flushed transition each), in the same task, before

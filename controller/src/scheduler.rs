@@ -1007,11 +1007,17 @@ fn run(
     );
     let mut usage: Vec<Usage> = nodes.iter().map(|n| Usage::of(n)).collect();
     let weights = policy.weights();
+    let mut board: Option<Board> = None;
 
     let mut blocker: Option<&ExperimentId> = None;
     for p in order {
-        let detail = detail_of(p);
-        let shown = survey(p, &nodes, &usage, policy, &weights, detail);
+        // Experiments that ask the same find the same verdicts, but for
+        // the node the last placement changed (refreshed below).
+        let b = match &mut board {
+            Some(b) if b.req == p.req => b,
+            _ => board.insert(Board::new(&p.req, &nodes, &usage, policy, &weights)),
+        };
+        let shown = b.survey(p, &nodes, &usage, policy, detail_of(p));
 
         let outcome = match (blocker, shown.best) {
             (Some(behind), _) => Outcome::Blocked {
@@ -1020,6 +1026,7 @@ fn run(
             (None, Some(i)) => {
                 let switch_to = mode_switch(&p.req, nodes[i], &usage[i]);
                 consume(&mut usage[i], nodes[i], &p.req, switch_to.as_ref());
+                b.refresh(i, &nodes, &usage, policy, &weights);
                 Outcome::Placed {
                     node: nodes[i].name.clone(),
                     switch_to,
@@ -1054,90 +1061,190 @@ struct Survey {
     tally: Tally,
 }
 
-/// Checks every node for one experiment against the usage so far. Only the
-/// nodes shown get a [`NodeVerdict`] (and their reasons in words); the
-/// others are counted. `nodes` is sorted by name.
-fn survey(
-    p: &Pending,
-    nodes: &[&NodeView],
-    usage: &[Usage],
-    policy: &Policy,
-    weights: &Weights,
-    detail: Detail,
-) -> Survey {
-    let margin_c = policy.temp_margin_c;
-    let keep_fitting = match detail {
-        Detail::Full => usize::MAX,
-        Detail::Compact => COMPACT_FITTING,
-    };
-    // Fitting nodes shown, best first (equal scores by name, which is
-    // index order).
-    let mut fitting: Vec<(usize, Score)> = Vec::new();
-    let mut rejected: Vec<usize> = Vec::new();
-    let mut shown_per_filter = [0u32; FILTERS];
-    let mut fit = 0u32;
-    let mut counts = [0u32; FILTERS];
-    for (i, (node, u)) in nodes.iter().zip(usage).enumerate() {
+/// A fitting node in the order of choice: best score first, equal scores by
+/// name (which is index order).
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    total: f64,
+    index: usize,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .total
+            .total_cmp(&self.total)
+            .then(self.index.cmp(&other.index))
+    }
+}
+
+/// Every node checked against one experiment's requirements, kept in the
+/// order a decision needs: the nodes that fit by rank, the others under
+/// each filter they failed, by name. Only the words of the nodes shown are
+/// written ([`Board::survey`]).
+struct Board {
+    req: Requirements,
+    failed: Vec<FilterSet>,
+    scores: Vec<Option<Score>>,
+    fitting: BTreeSet<Ranked>,
+    by_filter: [BTreeSet<usize>; FILTERS],
+}
+
+impl Board {
+    fn new(
+        req: &Requirements,
+        nodes: &[&NodeView],
+        usage: &[Usage],
+        policy: &Policy,
+        weights: &Weights,
+    ) -> Self {
+        let mut b = Board {
+            req: req.clone(),
+            failed: vec![FilterSet::default(); nodes.len()],
+            scores: vec![None; nodes.len()],
+            fitting: BTreeSet::new(),
+            by_filter: std::array::from_fn(|_| BTreeSet::new()),
+        };
+        for i in 0..nodes.len() {
+            b.check(i, nodes, usage, policy, weights);
+        }
+        b
+    }
+
+    /// Checks node `i` and files it.
+    fn check(
+        &mut self,
+        i: usize,
+        nodes: &[&NodeView],
+        usage: &[Usage],
+        policy: &Policy,
+        weights: &Weights,
+    ) {
+        let margin_c = policy.temp_margin_c;
         let mut failed = FilterSet::default();
-        check(&p.req, node, u, margin_c, &mut failed);
-        if failed.is_empty() {
-            fit += 1;
-            let s = score(&p.req, node, u, margin_c, weights);
-            let better = |(_, t): &(usize, Score)| s.total > t.total;
-            if keep_fitting == usize::MAX {
-                fitting.push((i, s));
-            } else if fitting.len() < keep_fitting || fitting.last().is_some_and(better) {
-                // Later nodes sort after earlier ones of equal score.
-                let at = fitting.iter().position(better).unwrap_or(fitting.len());
-                fitting.insert(at, (i, s));
-                fitting.truncate(keep_fitting);
+        check(&self.req, nodes[i], &usage[i], margin_c, &mut failed);
+        let score = failed
+            .is_empty()
+            .then(|| score(&self.req, nodes[i], &usage[i], margin_c, weights));
+        match score {
+            Some(s) => {
+                self.fitting.insert(Ranked {
+                    total: s.total,
+                    index: i,
+                });
             }
-            continue;
-        }
-        let mut show = detail == Detail::Full;
-        for f in failed.iter() {
-            counts[f as usize] += 1;
-            show |= shown_per_filter[f as usize] < COMPACT_PER_FILTER;
-        }
-        if show {
-            for f in failed.iter() {
-                shown_per_filter[f as usize] += 1;
+            None => {
+                for f in failed.iter() {
+                    self.by_filter[f as usize].insert(i);
+                }
             }
-            rejected.push(i);
         }
+        self.failed[i] = failed;
+        self.scores[i] = score;
     }
-    if keep_fitting == usize::MAX {
-        fitting.sort_by(|(i, a), (j, b)| b.total.total_cmp(&a.total).then(i.cmp(j)));
-    }
-    let best = fitting.first().map(|(i, _)| *i);
-    let mut verdicts = Vec::with_capacity(fitting.len() + rejected.len());
-    verdicts.extend(fitting.into_iter().map(|(i, s)| NodeVerdict {
-        node: nodes[i].name.clone(),
-        rejections: Vec::new(),
-        score: Some(s),
-    }));
-    verdicts.extend(rejected.into_iter().map(|i| {
-        let mut rejections = Vec::new();
-        check(&p.req, nodes[i], &usage[i], margin_c, &mut rejections);
-        NodeVerdict {
-            node: nodes[i].name.clone(),
-            rejections,
-            score: None,
+
+    /// Node `i`'s usage changed: checks it again.
+    fn refresh(
+        &mut self,
+        i: usize,
+        nodes: &[&NodeView],
+        usage: &[Usage],
+        policy: &Policy,
+        weights: &Weights,
+    ) {
+        if let Some(s) = self.scores[i] {
+            self.fitting.remove(&Ranked {
+                total: s.total,
+                index: i,
+            });
         }
-    }));
-    let tally = Tally {
-        nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-        fit,
-        rejected: Filter::ALL
-            .into_iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .collect(),
-    };
-    Survey {
-        best,
-        verdicts,
-        tally,
+        for f in self.failed[i].iter() {
+            self.by_filter[f as usize].remove(&i);
+        }
+        self.check(i, nodes, usage, policy, weights);
+    }
+
+    /// The decision's verdicts and counts: every node with
+    /// [`Detail::Full`]; with [`Detail::Compact`] the [`COMPACT_FITTING`]
+    /// best that fit and, for each filter, the first
+    /// [`COMPACT_PER_FILTER`] by name that failed it.
+    fn survey(
+        &self,
+        p: &Pending,
+        nodes: &[&NodeView],
+        usage: &[Usage],
+        policy: &Policy,
+        detail: Detail,
+    ) -> Survey {
+        let (keep_fitting, rejected): (usize, Vec<usize>) = match detail {
+            Detail::Full => (
+                usize::MAX,
+                (0..nodes.len())
+                    .filter(|i| !self.failed[*i].is_empty())
+                    .collect(),
+            ),
+            Detail::Compact => {
+                let per = COMPACT_PER_FILTER as usize;
+                let shown: BTreeSet<usize> = self
+                    .by_filter
+                    .iter()
+                    .flat_map(|set| set.iter().take(per).copied())
+                    .collect();
+                (COMPACT_FITTING, shown.into_iter().collect())
+            }
+        };
+        let fitting = self.fitting.iter().take(keep_fitting);
+        let mut verdicts =
+            Vec::with_capacity(keep_fitting.min(self.fitting.len()) + rejected.len());
+        verdicts.extend(fitting.map(|r| NodeVerdict {
+            node: nodes[r.index].name.clone(),
+            rejections: Vec::new(),
+            score: self.scores[r.index],
+        }));
+        verdicts.extend(rejected.into_iter().map(|i| {
+            let mut rejections = Vec::new();
+            check(
+                &p.req,
+                nodes[i],
+                &usage[i],
+                policy.temp_margin_c,
+                &mut rejections,
+            );
+            NodeVerdict {
+                node: nodes[i].name.clone(),
+                rejections,
+                score: None,
+            }
+        }));
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Survey {
+            best: self.fitting.first().map(|r| r.index),
+            verdicts,
+            tally: Tally {
+                nodes: count(nodes.len()),
+                fit: count(self.fitting.len()),
+                rejected: Filter::ALL
+                    .into_iter()
+                    .zip(&self.by_filter)
+                    .filter(|(_, set)| !set.is_empty())
+                    .map(|(f, set)| (f, count(set.len())))
+                    .collect(),
+            },
+        }
     }
 }
 

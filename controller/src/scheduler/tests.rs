@@ -957,3 +957,45 @@ fn a_fleet_without_nodes_says_so() {
     let d = &plan_with(&queue(1), &[], &Policy::default(), Detail::Compact)[0];
     assert_eq!(d.summary(), "no node fits: the fleet has no nodes");
 }
+
+#[test]
+fn each_decision_of_a_pass_is_the_one_made_alone_on_the_fleet_as_the_pass_left_it() {
+    // Requirements that change along the queue, so kept verdicts are
+    // reused for some experiments and checked afresh for others.
+    let nodes = mixed_fleet();
+    let mut q = Vec::new();
+    for i in 1..=30u64 {
+        let mut p = pending(&format!("e{i:02}"), 0, i);
+        p.req.memory_max = Some((i % 3 + 1) * 5 * GIB);
+        p.req.cpu_quota_percent = Some(u32::try_from(i % 2 * 150 + 50).unwrap());
+        if i % 7 == 0 {
+            p.req.node = Some(name("fit-3"));
+        }
+        if i % 5 == 0 {
+            p.req.power_mode = Some(PowerMode::new("MODE_15W").unwrap());
+        }
+        q.push(p);
+    }
+    for name in PolicyName::ALL {
+        let p = policy(name);
+        let pass = plan(&q, &nodes, &p);
+        let mut fleet = nodes.clone();
+        fleet.sort_by(|a, b| a.name.cmp(&b.name));
+        for (d, pend) in pass.iter().zip(&q) {
+            let alone = plan(std::slice::from_ref(pend), &fleet, &p).remove(0);
+            assert_eq!(d, &alone, "{name} {}", pend.id);
+            if let Outcome::Placed { node, switch_to } = &d.outcome {
+                let n = fleet.iter_mut().find(|n| &n.name == node).unwrap();
+                let mut u = Usage::of(n);
+                consume(&mut u, n, &pend.req, switch_to.as_ref());
+                n.memory_reserved = u.memory_reserved;
+                n.slots_used = u.slots_used;
+                n.cpu_percent = u.cpu_percent;
+                n.power_mode = u.power_mode;
+                n.modes_in_use = u.modes_in_use;
+            }
+        }
+        assert!(pass.iter().any(|d| d.node().is_some()));
+        assert!(pass.iter().any(|d| d.node().is_none()));
+    }
+}
