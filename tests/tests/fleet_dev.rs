@@ -60,6 +60,22 @@ async fn run_ok(args: &[&str], dir: &Path) -> String {
     stdout
 }
 
+/// Stops the fleet of a test that failed half-way: a detached fleet-dev
+/// outlives the test otherwise. Declared after the directory, so it runs
+/// before the directory goes.
+struct DownOnDrop<'a>(&'a Path);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-dev"))
+                .args(["down", "--dir"])
+                .arg(self.0)
+                .status();
+        }
+    }
+}
+
 fn fleet_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("fleet.json")).unwrap()).unwrap()
 }
@@ -263,6 +279,7 @@ async fn the_demo_reaches_every_expected_end_and_down_leaves_nothing() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    let _down = DownOnDrop(dir);
     let out = run_ok(&["up", "--detach", "--demo"], dir).await;
     assert!(out.contains("runs in the background"), "{out}");
     let fleet = fleet_json(dir);
@@ -438,6 +455,7 @@ async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    let _down = DownOnDrop(dir);
     let up = fleet_dev()
         .args(["up", "--nodes", "1", "--dir"])
         .arg(dir)
@@ -510,6 +528,7 @@ async fn down_cleans_up_after_a_killed_fleet_dev() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    let _down = DownOnDrop(dir);
     run_ok(&["up", "--detach", "--nodes", "2"], dir).await;
     let footprint = Footprint::of(dir);
     assert!(footprint.processes.len() > 5, "{:#?}", footprint.processes);

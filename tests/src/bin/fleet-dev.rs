@@ -577,8 +577,10 @@ fn detach(args: &UpArgs) -> anyhow::Result<()> {
             }
         }
         if Instant::now() > deadline {
+            // It cleans up after itself on SIGTERM.
+            signal(pid, libc::SIGTERM);
             anyhow::bail!(
-                "fleet-dev up (pid {pid}) was not ready within {DETACH_READY_TIMEOUT:?}; its output is in {}",
+                "fleet-dev up (pid {pid}) was not ready within {DETACH_READY_TIMEOUT:?}, and was stopped; its output is in {}",
                 log_path.display()
             );
         }
@@ -631,7 +633,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         } else if killed {
             println!("it left nothing behind");
         }
-        println!("stopped fleet-dev (pid {pid}){what}");
+        println!("stopped fleet-dev (pid {pid}); nothing left running");
         return Ok(());
     }
     let cleaned = clean_leftovers(&dir)?;
@@ -1080,7 +1082,7 @@ async fn run_demo(
 
     // The story: every event from here on, narrated.
     let last_seq = last_event_seq(&mut c).await?;
-    let narrator = tokio::spawn(narrate(c.clone(), last_seq + 1, started));
+    let narrator = AbortOnDrop(tokio::spawn(narrate(c.clone(), last_seq + 1, started)));
 
     let mut expected: Vec<(String, Expect)> = Vec::new();
     let mut first = first.into_iter();
@@ -1239,7 +1241,7 @@ async fn run_demo(
     }
     // Let the narrator print the last events.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    narrator.abort();
+    drop(narrator);
 
     let mut logs = c
         .logs(v1::LogsRequest {
@@ -1347,6 +1349,15 @@ async fn switched_before(
         }
     }
     Ok(seen)
+}
+
+/// Ends a task when the demo ends, however it ends (Ctrl-C included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn story(started: Instant, text: &str) {
