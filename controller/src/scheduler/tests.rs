@@ -999,3 +999,17 @@ fn each_decision_of_a_pass_is_the_one_made_alone_on_the_fleet_as_the_pass_left_i
         assert!(pass.iter().any(|d| d.node().is_none()));
     }
 }
+
+#[test]
+fn a_decision_stored_before_counts_existed_still_reads() {
+    let mut hot = node("hot");
+    hot.hottest_c = Some(72.0);
+    let d = plan(&queue(1), &[hot, node("cool")], &Policy::default()).remove(0);
+    let mut json = serde_json::to_value(&d).unwrap();
+    json.as_object_mut().unwrap().remove("tally").unwrap();
+    let old: Decision = serde_json::from_value(json).unwrap();
+    assert_eq!(old.tally, Tally::default());
+    assert_eq!(old.tally(), d.tally);
+    assert_eq!(old.summary(), d.summary());
+    assert!(old.lists_every_node());
+}
