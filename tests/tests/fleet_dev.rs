@@ -36,7 +36,9 @@ async fn systemd_here(name: &str) -> bool {
 
 fn fleet_dev() -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-dev"));
-    cmd.env("RUST_BACKTRACE", "0").kill_on_drop(true);
+    cmd.env("RUST_BACKTRACE", "0")
+        .env_remove("FLEET_CONFIG_FILE")
+        .kill_on_drop(true);
     cmd
 }
 
@@ -46,6 +48,7 @@ async fn run_ok(args: &[&str], dir: &Path) -> String {
         .args(args)
         .arg("--dir")
         .arg(dir)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
         .output()
         .await
         .unwrap();
@@ -459,6 +462,7 @@ async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
     let up = fleet_dev()
         .args(["up", "--nodes", "1", "--dir"])
         .arg(dir)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -478,20 +482,26 @@ async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
     .unwrap();
     let footprint = Footprint::of(dir);
 
-    // fleetctl works with the config it wrote.
+    // A plain `fleetctl nodes` works: fleet-dev made the dev fleet
+    // fleetctl's default (there was no config of the person's own), and
+    // its own copy works too.
     let fleetctl = fleet_testbed::agent::workspace_bin("fleetctl", "fleetctl");
-    let nodes = tokio::process::Command::new(&fleetctl)
-        .arg("nodes")
-        .env("FLEET_CONFIG_FILE", dir.join("fleetctl.toml"))
-        .output()
-        .await
-        .unwrap();
-    let listed = String::from_utf8_lossy(&nodes.stdout);
-    assert!(
-        nodes.status.success() && listed.contains("jetson-01"),
-        "{listed}\n{}",
-        String::from_utf8_lossy(&nodes.stderr)
-    );
+    for config in [None, Some(dir.join("fleetctl.toml"))] {
+        let mut cmd = tokio::process::Command::new(&fleetctl);
+        cmd.arg("nodes")
+            .env_remove("FLEET_CONFIG_FILE")
+            .env("XDG_CONFIG_HOME", dir.join("xdg"));
+        if let Some(c) = &config {
+            cmd.env("FLEET_CONFIG_FILE", c);
+        }
+        let nodes = cmd.output().await.unwrap();
+        let listed = String::from_utf8_lossy(&nodes.stdout);
+        assert!(
+            nodes.status.success() && listed.contains("jetson-01"),
+            "{config:?}: {listed}\n{}",
+            String::from_utf8_lossy(&nodes.stderr)
+        );
+    }
 
     // A second `up` in the same directory is refused.
     let second = fleet_dev()

@@ -453,20 +453,65 @@ fn write_fleet_files(
         ));
     }
     let ctl_path = dir.join("fleetctl.toml");
-    std::fs::write(&ctl_path, ctl)?;
+    std::fs::write(&ctl_path, &ctl)?;
+    let default = install_default_config(&ctl, dir)?;
     // fleet.json last: "ready" means everything else is there.
     write_json(&dir.join(FLEET_JSON), state)?;
+    let export = match &default {
+        Some(path) => format!(
+            "(fleetctl's default config, {}, now points at this fleet)",
+            path.display()
+        ),
+        None => format!("  export FLEET_CONFIG_FILE={}", ctl_path.display()),
+    };
     println!(
-        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n  export FLEET_CONFIG_FILE={}\n  cargo run -q -p fleetctl -- nodes\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}\n  cargo run -q -p fleet-testbed --bin fleet-dev -- down --dir {}",
+        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n{}\n  cargo run -q -p fleetctl -- nodes\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}\n  cargo run -q -p fleet-testbed --bin fleet-dev -- down --dir {}",
         dir.display(),
         ctl_path.display(),
-        ctl_path.display(),
+        export,
         dir.display(),
         fleet.boards[0].name(),
         dir.display(),
         dir.display(),
     );
     Ok(())
+}
+
+/// The first line of a fleetctl config fleet-dev wrote, and may write again.
+const DEFAULT_CONFIG_MARK: &str = "# Written by fleet-dev";
+
+/// Makes the dev fleet fleetctl's default, so that a plain `fleetctl nodes`
+/// works: writes `$XDG_CONFIG_HOME/fleet/fleetctl.toml` (else
+/// `~/.config/fleet/fleetctl.toml`) when there is none, or when fleet-dev
+/// wrote the one there. A config of the person's own, or one named by
+/// `FLEET_CONFIG_FILE`, is left alone. Where it wrote, if it did.
+fn install_default_config(ctl: &str, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if std::env::var_os("FLEET_CONFIG_FILE").is_some() {
+        return Ok(None);
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".config"),
+            None => return Ok(None),
+        },
+    };
+    let path = base.join("fleet/fleetctl.toml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.starts_with(DEFAULT_CONFIG_MARK) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => return Ok(None),
+    }
+    std::fs::create_dir_all(base.join("fleet"))?;
+    let text = format!(
+        "{DEFAULT_CONFIG_MARK} for the dev fleet in {}; each `fleet-dev up` rewrites it.\n\
+         # Delete this file (or this line) to keep fleet-dev from touching it.\n{ctl}",
+        dir.display()
+    );
+    hwsim::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(Some(path))
 }
 
 /// One line whenever the fleet changes (a phase, a placement, a thermal
