@@ -338,13 +338,14 @@ impl Experiments {
             crashes_in_run: 0,
             disruptions: 0,
             last_outcome: None,
+            superseded_invocation: None,
         });
         rec.spec = wire.encode_to_vec();
         rec.epoch = epoch;
         rec.autostart = autostart;
         rec.restart_on_failure = spec.lifecycle().restarts_on_failure();
         rec.desired = Desired::Running;
-        rec.new_run();
+        rec.new_run(self.invocation(&id, props.as_ref()).as_deref());
         {
             let _r = self.records.lock().await;
             self.store.put(&rec).await?;
@@ -417,7 +418,8 @@ impl Experiments {
             self.apply_files(&unit).await?;
         }
         rec.desired = Desired::Running;
-        rec.new_run();
+        let props = self.systemd.props(&unit).await?;
+        rec.new_run(self.invocation(id, props.as_ref()).as_deref());
         {
             let _r = self.records.lock().await;
             self.store.put(&rec).await?;
@@ -512,7 +514,10 @@ impl Experiments {
             if rec.autostart && rec.desired != Desired::Running {
                 let mut rec = rec;
                 rec.desired = Desired::Running;
-                rec.new_run();
+                let unit = Self::unit(&Self::parse_id(&rec.id)?);
+                let props = self.systemd.props(&unit).await?;
+                let current = self.invocation(&rec.id, props.as_ref());
+                rec.new_run(current.as_deref());
                 self.store.put(&rec).await?;
             }
         }
@@ -559,7 +564,20 @@ impl Experiments {
             return Err(ExperimentError::NotFound { id: id.to_owned() });
         };
         let mut dirty = false;
-        if let Some(p) = props.as_ref().filter(|p| !p.is_gone()) {
+        let live = props.as_ref().filter(|p| !p.is_gone());
+        if let Some(p) = live.filter(|p| {
+            rec.superseded_invocation.is_some()
+                && !rec.is_superseded(&p.invocation_id)
+                && !p.invocation_id.is_empty()
+        }) {
+            // systemd started the new run: what it says is this run's now.
+            tracing::debug!(experiment = %id, invocation = %p.invocation_id, "new run started");
+            rec.superseded_invocation = None;
+            dirty = true;
+        }
+        // Until then its counters and its end are the old run's, which the
+        // new run already banked.
+        if let Some(p) = live.filter(|p| !rec.is_superseded(&p.invocation_id)) {
             dirty |= rec.observe_crashes(status::crashes_in_run(p, &rec));
             let known = rec.last_outcome.as_ref().is_some_and(|o| {
                 o.invocation_id == p.invocation_id
@@ -593,13 +611,15 @@ impl Experiments {
                 let newer = rec
                     .last_outcome
                     .as_ref()
-                    .is_none_or(|o| o.invocation_id != r.invocation_id);
+                    .is_none_or(|o| o.invocation_id != r.invocation_id)
+                    && !rec.is_superseded(&r.invocation_id);
                 if newer && !r.invocation_id.is_empty() {
                     let killed = r.code == "killed" && r.status == "KILL"
                         || r.code == "exited" && r.status == "137";
                     let oom = r.result == "oom-kill"
                         || killed && crate::oom::killed_since(&self.paths.kmsg, &unit, 0);
                     rec.last_outcome = Some(r.outcome(oom));
+                    rec.superseded_invocation = None;
                     dirty = true;
                 }
             }
@@ -610,6 +630,21 @@ impl Experiments {
         let st = status::derive(&unit, &rec, props.as_ref());
         self.emit(&st);
         Ok(st)
+    }
+
+    /// The unit's current or last invocation: systemd's, or, for a unit
+    /// it has collected, the one its exit record names.
+    fn invocation(&self, id: &str, props: Option<&UnitProps>) -> Option<String> {
+        match props.filter(|p| !p.is_gone()) {
+            Some(p) => Some(p.invocation_id.clone()),
+            None => crate::exit_record::ExitRecord::read(
+                &self
+                    .paths
+                    .experiment_dir(id)
+                    .join(crate::exit_record::FILE_NAME),
+            )
+            .map(|r| r.invocation_id),
+        }
     }
 
     /// The outcome of the invocation that just ended, if it ended.
@@ -668,6 +703,7 @@ impl Experiments {
                         crashes_in_run: 0,
                         disruptions: 0,
                         last_outcome: None,
+                        superseded_invocation: None,
                     })
                     .await?;
             }

@@ -199,6 +199,24 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
         invocation_id: String::new(),
     };
     let live = props.filter(|p| !p.is_gone());
+    // A new run is set up and systemd has not started it yet: what it says
+    // (or its exit record said) is the end of the run this one replaced.
+    let replaced = rec.superseded_invocation.is_some()
+        && match live {
+            Some(p) => {
+                rec.is_superseded(&p.invocation_id)
+                    && matches!(p.active_state.as_str(), "inactive" | "failed")
+            }
+            None => rec.last_outcome.is_none(),
+        };
+    if replaced && rec.desired == Desired::Running {
+        st.state = State::Starting;
+        if let Some(p) = live {
+            st.active_state = p.active_state.clone();
+            st.sub_state = p.sub_state.clone();
+        }
+        return st;
+    }
     if let Some(p) = live {
         st.active_state = p.active_state.clone();
         st.sub_state = p.sub_state.clone();
@@ -292,6 +310,7 @@ mod tests {
             crashes_in_run: 2,
             disruptions: 0,
             last_outcome: None,
+            superseded_invocation: None,
         }
     }
 
@@ -313,6 +332,45 @@ mod tests {
         assert_eq!(s("activating", "auto-restart"), State::Restarting);
         assert_eq!(s("activating", "start"), State::Starting);
         assert_eq!(s("deactivating", "stop-sigterm"), State::Stopping);
+    }
+
+    #[test]
+    fn a_new_run_is_starting_until_systemd_starts_another_invocation() {
+        let mut r = rec(Desired::Running);
+        r.superseded_invocation = Some("old".into());
+        let ended = |active: &str, result: &str, code: i32, inv: &str| UnitProps {
+            exec_main_code: code,
+            invocation_id: inv.into(),
+            ..props(active, "dead", result)
+        };
+        // The old run's end, success or failure, is not this run's.
+        for p in [
+            ended("inactive", "success", CLD_EXITED, "old"),
+            ended("failed", "exit-code", CLD_EXITED, "old"),
+        ] {
+            let st = derive("u", &r, Some(&p));
+            assert_eq!(st.state, State::Starting, "{p:?}");
+            assert_eq!((st.exit_code, st.failure), (None, Failure::None));
+        }
+        // Collected: the same, until an outcome of this run is known.
+        assert_eq!(derive("u", &r, None).state, State::Starting);
+        // The old run still stopping reads as stopping.
+        let stopping = UnitProps {
+            invocation_id: "old".into(),
+            ..props("deactivating", "stop-sigterm", "success")
+        };
+        assert_eq!(derive("u", &r, Some(&stopping)).state, State::Stopping);
+        // The new invocation's end is this run's.
+        let st = derive(
+            "u",
+            &r,
+            Some(&ended("failed", "exit-code", CLD_EXITED, "new")),
+        );
+        assert_eq!(st.state, State::Failed);
+        // A stop asked for meanwhile reads as stopped.
+        r.desired = Desired::Stopped;
+        let p = ended("inactive", "success", CLD_EXITED, "old");
+        assert_eq!(derive("u", &r, Some(&p)).state, State::Stopped);
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub struct Record {
     pub crashes_in_run: u64,
     pub disruptions: u64,
     pub last_outcome: Option<Outcome>,
+    /// The invocation that was the unit's last when a new run was set up
+    /// (a start of a new epoch, a restart). Until systemd starts another,
+    /// what systemd says of the unit is the old run's end, not this run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_invocation: Option<String>,
 }
 
 impl Record {
@@ -98,10 +103,19 @@ impl Record {
     }
 
     /// Banks the current run's crashes before an explicit new run.
-    pub fn new_run(&mut self) {
+    /// `current` is the unit's invocation when the new run is set up: its
+    /// end belongs to the old run.
+    pub fn new_run(&mut self, current: Option<&str>) {
         self.crashes_before += self.crashes_in_run;
         self.crashes_in_run = 0;
         self.last_outcome = None;
+        self.superseded_invocation = current.filter(|i| !i.is_empty()).map(str::to_owned);
+    }
+
+    /// Whether systemd's view of the unit is still that of the invocation a
+    /// new run replaced.
+    pub fn is_superseded(&self, invocation_id: &str) -> bool {
+        self.superseded_invocation.as_deref() == Some(invocation_id)
     }
 }
 
@@ -211,6 +225,7 @@ mod tests {
             crashes_in_run: 0,
             disruptions: 0,
             last_outcome: None,
+            superseded_invocation: None,
         }
     }
 
@@ -225,7 +240,7 @@ mod tests {
         assert_eq!(r.crashes_total(), 2);
         r.observe_crashes(1);
         assert_eq!(r.crashes_total(), 3);
-        r.new_run();
+        r.new_run(None);
         assert_eq!((r.crashes_before, r.crashes_in_run), (3, 0));
     }
 

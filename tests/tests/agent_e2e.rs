@@ -708,3 +708,80 @@ async fn watch_reports_start_crash_and_stop_in_order() {
     }
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_after_an_end_is_not_reported_as_that_end() {
+    let Some(mut f) = fixture("rerun", 12).await else {
+        return;
+    };
+    // The first run crashes once, then succeeds.
+    let flag = f.board.dir().join("rerun-crashed");
+    let once = format!(
+        "if [ ! -e {0} ]; then touch {0}; exit 1; fi; exit 0",
+        flag.display()
+    );
+    start(&mut f.admin, sh("rerun", &once), 1).await.unwrap();
+    let first = wait_state(&f.admin, "rerun", "the first run to succeed", |s| {
+        s.state() == ExperimentState::Succeeded
+    })
+    .await;
+    assert_eq!((first.epoch, first.crashes_total), (1, 1));
+
+    // Placed again on this board under a new epoch, after an end or right
+    // after a stop (a controller's restart): what systemd still says of the
+    // unit is the previous run's end, which must never be reported as the
+    // new run's (a controller would take the new run as finished).
+    let forever = sh(
+        "rerun",
+        "trap 'exit 0' TERM; while true; do sleep 0.2; done",
+    );
+    let mut last = first.invocation_id.clone();
+    for epoch in 2..=6 {
+        let mut events = f
+            .admin
+            .watch_experiments(v1::WatchExperimentsRequest { id: "rerun".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = start(&mut f.admin, forever.clone(), epoch).await.unwrap();
+        let ended = |s: ExperimentState| {
+            matches!(
+                s,
+                ExperimentState::Succeeded | ExperimentState::Failed | ExperimentState::Stopped
+            )
+        };
+        assert_eq!(reply.epoch, epoch);
+        assert!(
+            !ended(reply.state()),
+            "epoch {epoch}: the start answered {reply:?}"
+        );
+        let mut seen = Vec::new();
+        tokio::time::timeout(DEADLINE, async {
+            while let Some(ev) = events.next().await {
+                let st = ev.unwrap().status.unwrap();
+                if st.epoch == epoch {
+                    seen.push(st.state());
+                    if st.state() == ExperimentState::Running {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("epoch-{epoch} events so far: {seen:?}"));
+        assert!(
+            !seen.iter().any(|s| ended(*s)),
+            "epoch-{epoch} events: {seen:?}"
+        );
+        let now = get(&mut f.admin, "rerun").await;
+        assert_ne!(now.invocation_id, last);
+        last = now.invocation_id.clone();
+        // The first run's crash is counted once, not again for a new run.
+        assert_eq!(now.crashes_total, 1, "{now:?}");
+        f.admin
+            .stop_experiment(v1::ExperimentRef { id: "rerun".into() })
+            .await
+            .unwrap();
+    }
+    f.finish().await;
+}

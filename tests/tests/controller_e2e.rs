@@ -820,3 +820,70 @@ async fn metrics_count_the_queue_placements_their_latency_and_nodes_by_state() {
     assert_eq!(sample(&s, "fleet_controller_placements_total"), 3.0);
     f.finish().await;
 }
+
+/// An experiment placed again on the board it just left (a restart, a drain
+/// with requeue then uncordon, when it is pinned there) runs again: the
+/// end of its previous run on that board is not taken for the new run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_experiment_restarts_on_its_board() {
+    let Some(f) = fleet("again", 28, ControllerOptions::default()).await else {
+        return;
+    };
+    let node = f.boards[1].name().to_owned();
+    let mut spec = sh("again", FOREVER);
+    spec.placement = Some(v1::Placement {
+        node: node.clone(),
+        ..Default::default()
+    });
+    f.submit(spec).await.unwrap();
+    let first = f.wait("again", "again to run", running).await;
+    assert_eq!(first.node, node);
+    for round in 1..=3 {
+        let before = f.get("again").await;
+        f.admin
+            .clone()
+            .restart(v1::RestartRequest {
+                id: "again".into(),
+                reason: format!("round {round}"),
+            })
+            .await
+            .unwrap();
+        let after = f
+            .wait("again", "again to run again under a new epoch", |e| {
+                running(e) && e.epoch > before.epoch
+            })
+            .await;
+        assert_eq!(after.node, node);
+        assert_eq!(after.crashes, 0, "{after:?}");
+        // Nothing stops the new run as a stale copy: it is still running
+        // on its board once the agent has reported it.
+        let on = f.on_boards().await;
+        assert_eq!(on.get("again"), Some(&vec![node.clone()]), "{on:?}");
+    }
+    // Drain with requeue, then uncordon: it comes back to its board.
+    let r = f
+        .admin
+        .clone()
+        .drain(v1::DrainRequest {
+            node: node.clone(),
+            mode: v1::DrainMode::Requeue as i32,
+            reason: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.experiments, vec!["again".to_owned()]);
+    let drained = f.get("again").await;
+    f.admin
+        .clone()
+        .uncordon(v1::UncordonRequest { node: node.clone() })
+        .await
+        .unwrap();
+    let back = f
+        .wait("again", "again to run on its board after the drain", |e| {
+            running(e) && e.epoch > drained.epoch
+        })
+        .await;
+    assert_eq!((back.node.as_str(), back.crashes), (node.as_str(), 0));
+    f.finish().await;
+}
