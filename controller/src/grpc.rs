@@ -266,12 +266,9 @@ impl Controller for ControllerService {
                 req: req_of,
             });
             let policy = reconciler::policy_of(&self.store).map_err(store_status)?;
-            let decisions = scheduler::plan(&pending, &self.views()?, &policy);
             let now = self.store.now();
-            let decision = decisions
-                .iter()
-                .find(|d| &d.experiment == spec.id())
-                .map(|d| wire::decision(d, now, None, true));
+            let decision = scheduler::plan_for(&pending, &self.views()?, &policy, spec.id())
+                .map(|d| wire::decision(&d, now, None, true));
             return Ok(Response::new(v1::SubmitResponse {
                 experiment: None,
                 decision,
@@ -461,9 +458,7 @@ impl Controller for ControllerService {
         let now = if rec.phase == Phase::Queued {
             let pending = self.store.pending().map_err(store_status)?;
             let policy = reconciler::policy_of(&self.store).map_err(store_status)?;
-            scheduler::plan(&pending, &self.views()?, &policy)
-                .into_iter()
-                .find(|d| d.experiment == id)
+            scheduler::plan_for(&pending, &self.views()?, &policy, &id)
         } else {
             None
         };
@@ -850,8 +845,28 @@ impl Controller for ControllerService {
         };
         let node = node.clone();
         let r = req.into_inner();
+        let name = node_name(&node)?;
+        // A node the config lists is reached where the config says: the
+        // config is the administrator's word, and taking the announced
+        // address would only have the next restart set it back.
+        if let Some(n) = self.store.node(&name).map_err(store_status)? {
+            if n.source == NodeSource::Config {
+                if n.address != r.address {
+                    tracing::info!(
+                        node = %node,
+                        configured = %n.address,
+                        announced = %r.address,
+                        "a node of the config joined; keeping the configured address"
+                    );
+                }
+                self.links.ensure(n.name.as_str(), &n.address);
+                return Ok(Response::new(v1::JoinResponse {
+                    node: Some(self.node_wire(&n)?),
+                }));
+            }
+        }
         let new = NewNode {
-            name: node_name(&node)?,
+            name,
             address: r.address,
             source: NodeSource::Joined,
             labels: Default::default(),

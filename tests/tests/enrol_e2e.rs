@@ -334,3 +334,76 @@ async fn an_agent_whose_certificate_names_another_node_does_not_start() {
     drop(ctl);
     bed.shutdown().await.expect("teardown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_of_the_controllers_config_that_joins_keeps_its_configured_address() {
+    let Some(mut bed) = Testbed::new("enrol-cfg").await else {
+        return;
+    };
+    let board = bed.add_board("enrol-d").await.expect("board");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let mut agent =
+        AgentHandle::start_with(&board, &pki, ip(43, 1), board_options(&board, Vec::new()))
+            .await
+            .expect("agent");
+    // The controller's config lists the board where it listens.
+    let ctl = ControllerHandle::start(
+        &bed.dir().join("controller"),
+        &pki,
+        ip(43, 100),
+        &[&agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .expect("controller");
+    let admin = ctl.client(&pki, Role::Admin).await.expect("admin");
+    let configured = agent.addr.to_string();
+
+    // The agent is also told to join, announcing an address the controller
+    // cannot reach it at (another interface, say). It keeps its port.
+    let mut config = std::fs::read_to_string(&agent.config).unwrap();
+    config = config.replace(
+        &format!("listen = \"{}:0\"", ip(43, 1)),
+        &format!("listen = \"{configured}\""),
+    );
+    config.push_str(&format!(
+        "\n[controller]\naddress = \"{}\"\nadvertise = \"{}:7443\"\n",
+        ctl.addr,
+        ip(43, 9)
+    ));
+    std::fs::write(&agent.config, config).unwrap();
+    agent.restart(&board).await.expect("agent restart");
+    assert_eq!(agent.addr.to_string(), configured);
+    wait_log(&agent, "the agent to log its join", "joined the controller").await;
+
+    // The config is the administrator's word: the node stays where the
+    // config says, and connected.
+    let node = wait_for("the configured node connected", DEADLINE, || {
+        let admin = &admin;
+        async move {
+            let nodes = nodes(admin).await?;
+            Ok(match nodes.as_slice() {
+                [n] if n.connection() == v1::NodeConnection::Connected && n.telemetry.is_some() => {
+                    Check::Ready(n.clone())
+                }
+                _ => Check::not_yet(format!(
+                    "{:?}",
+                    nodes
+                        .iter()
+                        .map(|n| (n.address.clone(), n.connection()))
+                        .collect::<Vec<_>>()
+                )),
+            })
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        (node.name.as_str(), node.address.as_str(), node.source()),
+        ("enrol-d", configured.as_str(), v1::NodeSource::Config)
+    );
+
+    drop(ctl);
+    drop(agent);
+    bed.shutdown().await.expect("teardown");
+}

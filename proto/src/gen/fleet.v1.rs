@@ -2195,7 +2195,10 @@ pub struct Decision {
     /// For people: "placed on jetson-03 (score 0.82)", "no node fits: ...".
     #[prost(string, tag = "7")]
     pub summary: ::prost::alloc::string::String,
-    /// Every node, best score first, then the ones that do not fit, by name.
+    /// Best score first, then the ones that do not fit, by name. A dry run
+    /// and Explain's answer for a queued experiment list every node. A stored
+    /// decision lists those that matter (the best that fit, the first of each
+    /// filter's rejects); in a large fleet its summary gives the counts.
     #[prost(message, repeated, tag = "8")]
     pub nodes: ::prost::alloc::vec::Vec<NodeVerdict>,
     #[prost(bool, tag = "9")]
