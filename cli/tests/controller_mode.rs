@@ -1156,7 +1156,8 @@ fn events_follow_survives_a_controller_restart() {
         .spawn(&["events", "-f", "--since", "0", "-o", "json"]);
     child.wait_for_lines(1);
     lab.stop();
-    std::thread::sleep(Duration::from_millis(700));
+    // It notices, and keeps trying while the controller is down.
+    child.wait_for_stderr("cannot reach the controller yet");
     lab.serve();
     lab.stub.append_event(v1::Event {
         kind: v1::EventKind::NodeUnreachable as i32,

@@ -480,7 +480,18 @@ async fn silent_clients_do_not_stall_others() {
     }
     let mut garbage = TcpStream::connect(server.addr).await.unwrap();
     garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The server has taken every connection up to the garbage one (accept
+    // is in order) once it hangs up on that one.
+    let mut buf = [0u8; 64];
+    within("the server hangs up on garbage", async {
+        loop {
+            match garbage.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 
     let started = tokio::time::Instant::now();
     call(&controller, server.addr, Expect::AnyAgent)

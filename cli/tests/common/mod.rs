@@ -170,10 +170,28 @@ impl Home {
                 }
             }
         });
+        let stderr = std::sync::Arc::new((
+            std::sync::Mutex::new(String::new()),
+            std::sync::Condvar::new(),
+        ));
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let (text, grew) = &*sink;
+                let mut text = text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                grew.notify_all();
+            }
+        });
         Spawned {
             child,
             lines,
             seen: Vec::new(),
+            stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 }
@@ -183,6 +201,9 @@ pub struct Spawned {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     pub seen: Vec<String>,
+    /// What it printed on stderr so far, and a signal when that grows.
+    stderr: std::sync::Arc<(std::sync::Mutex<String>, std::sync::Condvar)>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Spawned {
@@ -198,19 +219,36 @@ impl Spawned {
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
                     let _ = self.child.kill();
-                    let mut stderr = String::new();
-                    if let Some(mut e) = self.child.stderr.take() {
-                        use std::io::Read;
-                        let _ = e.read_to_string(&mut stderr);
-                    }
+                    let _ = self.child.wait();
                     panic!(
-                        "waited for {n} lines, got {:#?}\nexit status: {status:?}\nstderr:\n{stderr}",
-                        self.seen
+                        "waited for {n} lines, got {:#?}\nexit status: {status:?}\nstderr:\n{}",
+                        self.seen,
+                        self.stderr_now()
                     );
                 }
             }
         }
         &self.seen
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_now(&self) -> String {
+        self.stderr.0.lock().unwrap().clone()
+    }
+
+    /// Waits until its stderr says `needle`, or fails with what it said.
+    #[track_caller]
+    pub fn wait_for_stderr(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (text, grew) = &*self.stderr;
+        let mut text = text.lock().unwrap();
+        while !text.contains(needle) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                panic!("waited for {needle:?} on stderr, got:\n{text}");
+            }
+            text = grew.wait_timeout(text, left).unwrap().0;
+        }
     }
 
     /// Ends it as Ctrl-C would, and returns what it printed on stderr.
@@ -220,12 +258,11 @@ impl Spawned {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
         }
         let _ = self.child.wait();
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
+        // The reader ends at the end of the pipe, which the exit closed.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
         }
-        stderr
+        self.stderr_now()
     }
 }
 
