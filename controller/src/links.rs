@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::live::{at_or_above_warn, RunHeats};
 use crate::scheduler::Link;
 
 /// What a link tells the reconciler.
@@ -35,6 +36,9 @@ pub enum Report {
     },
     /// A node event worth recording (thermal state, power mode).
     NodeEvent { node: String, event: v1::NodeEvent },
+    /// A run on the node got hot enough that its record should be written
+    /// (see [`crate::live::RunHeats`]).
+    Heat { node: String },
 }
 
 /// What the controller knows live about one node.
@@ -44,8 +48,12 @@ pub struct Live {
     pub last_seen_unix_us: Option<i64>,
     pub info: Option<v1::NodeInfo>,
     pub sample: Option<v1::TelemetrySample>,
-    /// Highest temperature seen per experiment's run, keyed by experiment.
+    /// The stream is up.
     pub connected: bool,
+    /// The last power-mode switch the node reported, with the board's time
+    /// of it: a sample taken before that time (still on its way when the
+    /// event came) does not bring the old mode back.
+    pub switched: Option<(i64, v1::PowerMode)>,
 }
 
 impl Live {
@@ -75,6 +83,7 @@ pub struct Links {
     reports: mpsc::Sender<Report>,
     entries: Mutex<HashMap<String, Entry>>,
     live: Arc<Mutex<HashMap<String, Live>>>,
+    heats: Arc<Mutex<RunHeats>>,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -95,7 +104,14 @@ impl Links {
             reports,
             entries: Mutex::new(HashMap::new()),
             live: Arc::new(Mutex::new(HashMap::new())),
+            heats: Arc::default(),
         })
+    }
+
+    /// The heat of the open runs, as the node streams raise it; the
+    /// reconciler says which runs to follow and writes what is due.
+    pub fn heats(&self) -> std::sync::MutexGuard<'_, RunHeats> {
+        self.heats.lock().expect("not poisoned")
     }
 
     /// Starts (or restarts, when the address changed) the link to `node`.
@@ -124,6 +140,7 @@ impl Links {
             self.interval,
             self.reports.clone(),
             self.live.clone(),
+            self.heats.clone(),
         ));
         self.live
             .lock()
@@ -145,6 +162,7 @@ impl Links {
             e.task.abort();
         }
         self.live.lock().expect("not poisoned").remove(node);
+        self.heats().forget_node(node);
     }
 
     pub fn client(&self, node: &str) -> Option<AgentClient<Channel>> {
@@ -170,10 +188,11 @@ async fn run_link(
     interval: Duration,
     reports: mpsc::Sender<Report>,
     live: Arc<Mutex<HashMap<String, Live>>>,
+    heats: Arc<Mutex<RunHeats>>,
 ) {
     let mut backoff = BACKOFF_START;
     loop {
-        match follow(&node, &mut client, interval, &reports, &live).await {
+        match follow(&node, &mut client, interval, &reports, &live, &heats).await {
             Ok(()) => tracing::info!(%node, "agent stream ended; reconnecting"),
             Err(e) => tracing::debug!(%node, error = %e, "agent link down; retrying"),
         }
@@ -193,6 +212,7 @@ async fn follow(
     interval: Duration,
     reports: &mpsc::Sender<Report>,
     live: &Arc<Mutex<HashMap<String, Live>>>,
+    heats: &Arc<Mutex<RunHeats>>,
 ) -> Result<(), tonic::Status> {
     let info = client.get_node(v1::GetNodeRequest {}).await?.into_inner();
     // Subscribe before listing so no change falls between the two.
@@ -228,29 +248,33 @@ async fn follow(
     tracing::info!(%node, "agent connected");
     while let Some(update) = stream.next().await {
         let update = update?;
-        {
+        let heat_due = {
             let mut map = live.lock().expect("not poisoned");
             let l = map.entry(node.to_owned()).or_default();
             l.last_seen = Some(Instant::now());
             l.last_seen_unix_us = Some(now_us());
-            match &update.update {
-                Some(v1::node_update::Update::Sample(s)) => l.sample = Some(s.clone()),
-                // A thermal change is news before the next sample: the
-                // scheduler must not place on a board that just got hot.
-                Some(v1::node_update::Update::Event(v1::NodeEvent {
-                    kind: Some(v1::node_event::Kind::Thermal(t)),
-                    ..
-                })) => {
-                    if let Some(s) = l.sample.as_mut() {
-                        s.thermal_state = t.to;
-                        s.accepting = t.to == v1::ThermalState::Normal as i32;
-                        if let Some(c) = t.celsius {
-                            s.hottest_c = Some(s.hottest_c.map_or(c, |h| h.max(c)));
-                        }
-                    }
-                }
-                _ => {}
+            if apply_update(l, &update) {
+                let warn_c = l.info.as_ref().map(|i| i.warn_c);
+                l.sample.as_ref().is_some_and(|s| {
+                    heats.lock().expect("not poisoned").observe(
+                        node,
+                        s.hottest_c,
+                        at_or_above_warn(s.thermal_state, s.hottest_c, warn_c),
+                    )
+                })
+            } else {
+                false
             }
+        };
+        if heat_due
+            && reports
+                .send(Report::Heat {
+                    node: node.to_owned(),
+                })
+                .await
+                .is_err()
+        {
+            return Ok(());
         }
         let report = match update.update {
             Some(v1::node_update::Update::Event(ev)) => match ev.kind {
@@ -275,4 +299,161 @@ async fn follow(
         }
     }
     Ok(())
+}
+
+/// Applies one update of a node's stream to what the controller knows live
+/// of it; true when the board's temperature or thermal state may have
+/// changed (a sample, a thermal event).
+fn apply_update(l: &mut Live, update: &v1::NodeUpdate) -> bool {
+    match &update.update {
+        Some(v1::node_update::Update::Sample(s)) => {
+            let mut s = s.clone();
+            match &l.switched {
+                // Taken before the last switch: its mode is the old one.
+                Some((at, mode)) if s.timestamp_unix_us < *at => {
+                    s.power_mode = Some(mode.clone());
+                }
+                _ => l.switched = None,
+            }
+            l.sample = Some(s);
+            true
+        }
+        Some(v1::node_update::Update::Event(ev)) => match &ev.kind {
+            // A thermal change is news before the next sample: the
+            // scheduler must not place on a board that just got hot.
+            Some(v1::node_event::Kind::Thermal(t)) => {
+                if let Some(s) = l.sample.as_mut() {
+                    s.thermal_state = t.to;
+                    s.accepting = t.to == v1::ThermalState::Normal as i32;
+                    if let Some(c) = t.celsius {
+                        s.hottest_c = Some(s.hottest_c.map_or(c, |h| h.max(c)));
+                    }
+                }
+                true
+            }
+            // So is a power-mode switch: the controller may have asked for
+            // it just before starting an experiment, and the board runs the
+            // new mode from now on.
+            Some(v1::node_event::Kind::PowerMode(p)) => {
+                if let Some(to) = &p.to {
+                    if let Some(s) = l.sample.as_mut() {
+                        s.power_mode = Some(to.clone());
+                    }
+                    if let Some(i) = l.info.as_mut() {
+                        i.current_power_mode = Some(to.clone());
+                    }
+                    l.switched = Some((ev.timestamp_unix_us, to.clone()));
+                }
+                false
+            }
+            _ => false,
+        },
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(id: u32, name: &str) -> v1::PowerMode {
+        v1::PowerMode {
+            id,
+            name: name.into(),
+        }
+    }
+
+    fn sample(at: i64, m: v1::PowerMode, hottest: f64) -> v1::NodeUpdate {
+        v1::NodeUpdate {
+            update: Some(v1::node_update::Update::Sample(v1::TelemetrySample {
+                timestamp_unix_us: at,
+                power_mode: Some(m),
+                hottest_c: Some(hottest),
+                thermal_state: v1::ThermalState::Normal as i32,
+                accepting: true,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn event(at: i64, kind: v1::node_event::Kind) -> v1::NodeUpdate {
+        v1::NodeUpdate {
+            update: Some(v1::node_update::Update::Event(v1::NodeEvent {
+                timestamp_unix_us: at,
+                kind: Some(kind),
+            })),
+        }
+    }
+
+    fn switch(at: i64, from: v1::PowerMode, to: v1::PowerMode) -> v1::NodeUpdate {
+        event(
+            at,
+            v1::node_event::Kind::PowerMode(v1::PowerModeChanged {
+                from: Some(from),
+                to: Some(to),
+                reason: "requested".into(),
+            }),
+        )
+    }
+
+    fn live_mode(l: &Live) -> (Option<String>, Option<String>) {
+        (
+            l.sample
+                .as_ref()
+                .and_then(|s| s.power_mode.as_ref())
+                .map(|m| m.name.clone()),
+            l.info
+                .as_ref()
+                .and_then(|i| i.current_power_mode.as_ref())
+                .map(|m| m.name.clone()),
+        )
+    }
+
+    #[test]
+    fn a_power_mode_switch_shows_at_once_and_an_older_sample_does_not_undo_it() {
+        let mut l = Live {
+            info: Some(v1::NodeInfo {
+                current_power_mode: Some(mode(4, "40W")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(apply_update(&mut l, &sample(100, mode(4, "40W"), 37.0)));
+        assert!(!apply_update(
+            &mut l,
+            &switch(200, mode(4, "40W"), mode(3, "25W"))
+        ));
+        assert_eq!(live_mode(&l), (Some("25W".into()), Some("25W".into())));
+        // A sample taken before the switch, arriving after it.
+        apply_update(&mut l, &sample(150, mode(4, "40W"), 37.0));
+        assert_eq!(live_mode(&l).0.as_deref(), Some("25W"));
+        // A sample taken after it is the news from then on.
+        apply_update(&mut l, &sample(300, mode(3, "25W"), 37.0));
+        assert_eq!(l.switched, None);
+        apply_update(&mut l, &sample(400, mode(1, "10W"), 37.0));
+        assert_eq!(live_mode(&l).0.as_deref(), Some("10W"));
+    }
+
+    #[test]
+    fn a_thermal_event_raises_the_live_reading() {
+        let mut l = Live::default();
+        apply_update(&mut l, &sample(100, mode(4, "40W"), 50.0));
+        assert!(apply_update(
+            &mut l,
+            &event(
+                150,
+                v1::node_event::Kind::Thermal(v1::ThermalChanged {
+                    from: v1::ThermalState::Normal as i32,
+                    to: v1::ThermalState::Warn as i32,
+                    zone: "cpu".into(),
+                    celsius: Some(80.0),
+                    action: String::new(),
+                }),
+            )
+        ));
+        let s = l.sample.as_ref().unwrap();
+        assert_eq!(s.hottest_c, Some(80.0));
+        assert_eq!(s.thermal_state, v1::ThermalState::Warn as i32);
+        assert!(!s.accepting);
+    }
 }

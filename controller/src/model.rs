@@ -243,6 +243,18 @@ impl RunRecord {
     pub fn is_open(&self) -> bool {
         self.outcome.is_none()
     }
+
+    /// Merges what the board's telemetry said during the run: the peak only
+    /// grows (a reading that is not a number is ignored) and `throttled`
+    /// only turns on. True when the record changed.
+    pub fn observe_heat(&mut self, peak_temp_c: Option<f64>, throttled: bool) -> bool {
+        let before = (self.peak_temp_c, self.throttled);
+        if let Some(t) = peak_temp_c.filter(|t| t.is_finite()) {
+            self.peak_temp_c = Some(self.peak_temp_c.map_or(t, |p| p.max(t)));
+        }
+        self.throttled |= throttled;
+        (self.peak_temp_c, self.throttled) != before
+    }
 }
 
 /// What the board was like when a run started.

@@ -13,7 +13,7 @@
 //! restarted by the controller.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_proto::spec::{ExperimentId, NodeName};
@@ -26,7 +26,7 @@ use crate::model::{
     Disruption, EventKind, Failure, NewEvent, Phase, RunEnd, RunObservation, RunOutcome, RunStart,
 };
 use crate::scheduler::{self, Link, ModeInfo, NodeView, Policy};
-use crate::store::{ExperimentRecord, Store, StoreError, Transition};
+use crate::store::{ExperimentRecord, RunChange, Store, StoreError, Transition, Transitioned};
 
 const ACTOR: &str = "controller";
 /// How long a start may take on a board before the placement is retried.
@@ -69,6 +69,10 @@ pub struct Reconciler {
     said_lost: BTreeSet<String>,
     /// Dispatches in flight, so a pass does not dispatch twice.
     in_flight: BTreeSet<(String, u64)>,
+    /// The power mode a dispatch switched the board to before starting the
+    /// placement (experiment, epoch): the mode its run starts in, whether
+    /// the board's news of the switch arrived before the start or not.
+    switched: Arc<Mutex<HashMap<(String, u64), v1::PowerMode>>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -106,6 +110,7 @@ impl Reconciler {
                 said_unreachable: BTreeSet::new(),
                 said_lost: BTreeSet::new(),
                 in_flight: BTreeSet::new(),
+                switched: Arc::default(),
                 metrics: Arc::default(),
             },
             done_rx,
@@ -140,6 +145,7 @@ impl Reconciler {
             while let Ok(d) = done.try_recv() {
                 self.on_done(d).await;
             }
+            self.write_heat().await;
             if let Err(e) = self.health().await {
                 tracing::error!(error = %e, "node health pass failed");
             }
@@ -231,16 +237,29 @@ impl Reconciler {
         tracing::debug!(experiment = %id.as_str(), node = %node.as_str(), epoch, "dispatching");
         self.in_flight.insert(key);
         let done = self.done_tx.clone();
+        let switched = self.switched.clone();
         tokio::spawn(async move {
             if let Some(mode) = switch {
-                if let Err(e) = client
+                match client
                     .set_power_mode(v1::SetPowerModeRequest {
                         mode: mode.id.to_string(),
                         allow_reboot: false,
                     })
                     .await
                 {
-                    tracing::warn!(experiment = %id.as_str(), node = %node.as_str(), error = %e.message(), "power mode switch before start failed");
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        // The board confirmed it runs the mode now.
+                        if let Some(m) = r.mode.filter(|_| r.changed && !r.reboot_required) {
+                            switched
+                                .lock()
+                                .expect("not poisoned")
+                                .insert((id.as_str().to_owned(), epoch), m);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(experiment = %id.as_str(), node = %node.as_str(), error = %e.message(), "power mode switch before start failed");
+                    }
                 }
             }
             let call = client.start_experiment(v1::StartExperimentRequest {
@@ -275,6 +294,12 @@ impl Reconciler {
         } = d;
         self.in_flight.remove(&(id.as_str().to_owned(), epoch));
         tracing::debug!(experiment = %id.as_str(), %node, epoch, ok = result.is_ok(), "dispatch done");
+        if result.is_err() {
+            self.switched
+                .lock()
+                .expect("not poisoned")
+                .remove(&(id.as_str().to_owned(), epoch));
+        }
         let outcome = match result {
             Ok(status) => self.apply(&node, &status).await,
             Err(status) => {
@@ -293,7 +318,7 @@ impl Reconciler {
                 let t = Transition::new(id, rec.phase, to, ACTOR, msg.clone())
                     .fenced(epoch)
                     .end_run(RunEnd::new(RunOutcome::StartFailed, msg));
-                self.store.transition(&t).await.map(drop)
+                self.transition(t).await.map(drop)
             }
         };
         if let Err(e) = outcome {
@@ -306,6 +331,8 @@ impl Reconciler {
             Report::Connected { node, experiments } => self.reconcile(&node, experiments).await,
             Report::Status { node, status } => self.apply(&node, &status).await,
             Report::NodeEvent { node, event } => self.node_event(&node, event).await,
+            // Written once the reports are drained (see `write_heat`).
+            Report::Heat { .. } => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "handling an agent report failed");
@@ -317,18 +344,9 @@ impl Reconciler {
             return Ok(());
         };
         let (kind, message) = match event.kind {
-            Some(v1::node_event::Kind::Thermal(t)) => (
-                EventKind::NodeThermalChanged,
-                format!(
-                    "thermal {:?} → {:?}: zone {} at {:.1} °C; {}",
-                    t.from(),
-                    t.to(),
-                    t.zone,
-                    t.celsius.unwrap_or(f64::NAN),
-                    t.action
-                )
-                .to_lowercase(),
-            ),
+            Some(v1::node_event::Kind::Thermal(t)) => {
+                (EventKind::NodeThermalChanged, thermal_message(&t))
+            }
             Some(v1::node_event::Kind::PowerMode(p)) => (
                 EventKind::NodePowerModeChanged,
                 format!(
@@ -395,7 +413,7 @@ impl Reconciler {
                         Disruption::NodeLost,
                         format!("vanished from {node}"),
                     ));
-                    self.store.transition(&t).await?;
+                    self.transition(t).await?;
                 }
             }
         }
@@ -455,7 +473,6 @@ impl Reconciler {
             return Ok(());
         }
         let live = self.links.live(node);
-        let sample = live.as_ref().and_then(|l| l.sample.as_ref());
         match st.state() {
             ExperimentState::Starting | ExperimentState::Running | ExperimentState::Restarting => {
                 let mut rec = rec;
@@ -469,26 +486,24 @@ impl Reconciler {
                         let mut t =
                             Transition::new(id.clone(), rec.phase, to, ACTOR, "").fenced(rec.epoch);
                         if rec.open_run().is_none() {
-                            t = t.start_run(self.run_start(live.as_ref()));
+                            t = t.start_run(self.run_start(&rec, live.as_ref()));
                         }
-                        rec = self.store.transition(&t).await?.record;
+                        rec = self.transition(t).await?.record;
                     }
                 }
                 if rec.open_run().is_some() {
-                    let warn = live
-                        .as_ref()
-                        .and_then(|l| l.info.as_ref())
-                        .map(|i| i.warn_c)
-                        .unwrap_or(f64::INFINITY);
-                    let hottest = sample.and_then(|s| s.hottest_c);
+                    // A run the controller did not see start (it was down):
+                    // its heat is followed from what is stored of it.
+                    self.follow_heat(node, &rec, live.as_ref());
+                    // The heat goes by the samples (see `write_heat`).
                     self.store
                         .observe_run(
                             &id,
                             rec.epoch,
                             RunObservation {
                                 crashes: Some(u64::from(st.restarts)),
-                                peak_temp_c: hottest,
-                                throttled: hottest.is_some_and(|h| h >= warn),
+                                peak_temp_c: None,
+                                throttled: false,
                             },
                             &format!("agent/{node}"),
                         )
@@ -538,7 +553,7 @@ impl Reconciler {
                 )
                 .fenced(rec.epoch)
                 .end_run(end);
-                self.store.transition(&t).await?;
+                self.transition(t).await?;
             }
             ExperimentState::Stopped => {
                 if rec.phase.holds_node() {
@@ -560,7 +575,7 @@ impl Reconciler {
                 )
                 .fenced(rec.epoch)
                 .end_run(RunEnd::disrupted(Disruption::Thermal, msg));
-                self.store.transition(&t).await?;
+                self.transition(t).await?;
                 self.poke.notify_one();
             }
             ExperimentState::Stopping | ExperimentState::Unknown | ExperimentState::Unspecified => {
@@ -569,10 +584,122 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Power mode, clocks and L4T release at the start of a run.
-    fn run_start(&self, live: Option<&crate::links::Live>) -> RunStart {
+    /// Power mode, clocks and L4T release at the start of the run of
+    /// `rec`'s placement. The mode is the one the dispatch switched the
+    /// board to, when it did: the board confirmed it, and its news of the
+    /// switch may still be on its way.
+    fn run_start(&self, rec: &ExperimentRecord, live: Option<&crate::links::Live>) -> RunStart {
         let live = live.map(|l| node_live(l, Instant::now(), &self.settings));
-        crate::wire::run_start(live.as_ref())
+        let switched = self
+            .switched
+            .lock()
+            .expect("not poisoned")
+            .remove(&(rec.id.as_str().to_owned(), rec.epoch));
+        crate::wire::run_start_switched(live.as_ref(), switched.as_ref())
+    }
+
+    /// Stores a transition and keeps the heat of runs in step with it: a
+    /// run that starts takes the board's reading now and is followed from
+    /// then on; a run that ends takes the peak seen so far into the same
+    /// write, and is no longer followed.
+    async fn transition(&self, mut t: Transition) -> Result<Transitioned, StoreError> {
+        let id = t.id.as_str().to_owned();
+        match &t.run {
+            RunChange::Start(_) => {
+                let node = self.store.experiment(&t.id)?.and_then(|r| r.node);
+                if let Some((hottest, hot)) = node.and_then(|n| self.reading(n.as_str())) {
+                    t = t.heat(hottest, hot);
+                }
+            }
+            RunChange::End(_) => {
+                let heat = t.epoch.and_then(|e| self.links.heats().heat(&id, e));
+                if let Some(h) = heat {
+                    t = t.heat(h.peak_c, h.throttled);
+                }
+            }
+            RunChange::None => {}
+        }
+        let done = self.store.transition(&t).await?;
+        match &t.run {
+            RunChange::Start(_) => {
+                if let (Some(node), Some(run)) = (&done.record.node, done.record.open_run()) {
+                    self.links.heats().follow(
+                        node.as_str(),
+                        &id,
+                        run.epoch,
+                        run.peak_temp_c,
+                        run.throttled,
+                    );
+                }
+            }
+            RunChange::End(_) => self.links.heats().forget(&id),
+            RunChange::None => {}
+        }
+        Ok(done)
+    }
+
+    /// The hottest zone of `node` now and whether it is at or above warn,
+    /// from its last sample.
+    fn reading(&self, node: &str) -> Option<(Option<f64>, bool)> {
+        let l = self.links.live(node)?;
+        reading_of(&l)
+    }
+
+    /// Follows the heat of `rec`'s open run on `node`, from what is stored
+    /// of it and the board's reading now, unless it is followed already.
+    fn follow_heat(&self, node: &str, rec: &ExperimentRecord, live: Option<&crate::links::Live>) {
+        let Some(run) = rec.open_run() else {
+            return;
+        };
+        let id = rec.id.as_str();
+        let mut heats = self.links.heats();
+        if heats.follows(id, run.epoch) {
+            return;
+        }
+        heats.follow(node, id, run.epoch, run.peak_temp_c, run.throttled);
+        if let Some((hottest, hot)) = live.and_then(reading_of) {
+            heats.observe(node, hottest, hot);
+        }
+    }
+
+    /// Writes the heat of every run that rose enough since it was last
+    /// written (see [`crate::live::RunHeats`]).
+    async fn write_heat(&self) {
+        let due = self.links.heats().due();
+        for (node, id, h) in due {
+            let Ok(eid) = ExperimentId::new(id.clone()) else {
+                self.links.heats().forget(&id);
+                continue;
+            };
+            let obs = RunObservation {
+                crashes: None,
+                peak_temp_c: h.peak_c,
+                throttled: h.throttled,
+            };
+            match self
+                .store
+                .observe_run(&eid, h.epoch, obs, &format!("agent/{node}"))
+                .await
+            {
+                Ok(rec) => {
+                    let run = rec.open_run().filter(|r| r.epoch == h.epoch);
+                    let mut heats = self.links.heats();
+                    match run {
+                        Some(r) => heats.stored(&id, h.epoch, r.peak_temp_c, r.throttled),
+                        None => heats.forget(&id),
+                    }
+                }
+                // The run is over, or the experiment is gone.
+                Err(
+                    StoreError::StaleEpoch { .. }
+                    | StoreError::Run { .. }
+                    | StoreError::ExperimentNotFound { .. },
+                ) => self.links.heats().forget(&id),
+                Err(e) => {
+                    tracing::warn!(experiment = %id, error = %e, "recording a run's heat failed");
+                }
+            }
+        }
     }
 
     fn current_phase(&self, rec: &ExperimentRecord) -> Result<Phase, StoreError> {
@@ -595,8 +722,8 @@ impl Reconciler {
         }
         let t = Transition::new(rec.id.clone(), Phase::Placing, Phase::Starting, ACTOR, "")
             .fenced(rec.epoch)
-            .start_run(self.run_start(live));
-        self.store.transition(&t).await.map(drop)
+            .start_run(self.run_start(rec, live));
+        self.transition(t).await.map(drop)
     }
 
     /// The end of a stop the controller asked for, by the reason it gave.
@@ -643,7 +770,7 @@ impl Reconciler {
         let t = Transition::new(rec.id.clone(), from, to, ACTOR, reason)
             .fenced(rec.epoch)
             .end_run(end);
-        self.store.transition(&t).await?;
+        self.transition(t).await?;
         self.poke.notify_one();
         Ok(())
     }
@@ -707,7 +834,7 @@ impl Reconciler {
                                     format!("{name} is unreachable"),
                                 )
                                 .fenced(rec.epoch);
-                                self.store.transition(&t).await?;
+                                self.transition(t).await?;
                             }
                         }
                     }
@@ -751,7 +878,7 @@ impl Reconciler {
                             ));
                             t.to = Phase::Queued;
                         }
-                        self.store.transition(&t).await?;
+                        self.transition(t).await?;
                         self.poke.notify_one();
                     }
                 }
@@ -783,6 +910,43 @@ pub fn views_with(
         .collect())
 }
 
+/// A node's hottest zone in its last sample and whether the board is at or
+/// above warn.
+fn reading_of(l: &crate::links::Live) -> Option<(Option<f64>, bool)> {
+    let s = l.sample.as_ref()?;
+    let warn_c = l.info.as_ref().map(|i| i.warn_c);
+    Some((
+        s.hottest_c,
+        crate::live::at_or_above_warn(s.thermal_state, s.hottest_c, warn_c),
+    ))
+}
+
+/// An event's message for a thermal change: "thermal normal → warn: zone
+/// CPU-therm at 76.0 °C; stopped accepting experiments".
+fn thermal_message(t: &v1::ThermalChanged) -> String {
+    let state = |s: v1::ThermalState| match s {
+        v1::ThermalState::Normal => "normal",
+        v1::ThermalState::Warn => "warn",
+        v1::ThermalState::Critical => "critical",
+        v1::ThermalState::Unspecified => "unknown",
+    };
+    let mut m = format!(
+        "thermal {} → {}: zone {}",
+        state(t.from()),
+        state(t.to()),
+        t.zone
+    );
+    if let Some(c) = t.celsius.filter(|c| c.is_finite()) {
+        m.push_str(&format!(" at {c:.1} °C"));
+    }
+    let action = t.action.trim();
+    if !action.is_empty() {
+        m.push_str("; ");
+        m.push_str(action);
+    }
+    m
+}
+
 /// The live state of a node as the wire and the scheduler take it.
 pub fn node_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::live::NodeLive {
     crate::live::NodeLive {
@@ -796,4 +960,57 @@ pub fn node_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::l
 /// The default policy when none was ever set.
 pub fn policy_of(store: &Store) -> Result<Policy, StoreError> {
     Ok(store.policy()?.map(|p| p.policy).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thermal(from: v1::ThermalState, to: v1::ThermalState, action: &str) -> v1::ThermalChanged {
+        v1::ThermalChanged {
+            from: from as i32,
+            to: to as i32,
+            zone: "CPU-therm".into(),
+            celsius: Some(85.5),
+            action: action.into(),
+        }
+    }
+
+    #[test]
+    fn a_thermal_message_keeps_the_zone_and_unit_and_ends_without_an_empty_action() {
+        use v1::ThermalState as T;
+        assert_eq!(
+            thermal_message(&thermal(T::Warn, T::Critical, "stopped 1 experiment")),
+            "thermal warn → critical: zone CPU-therm at 85.5 °C; stopped 1 experiment"
+        );
+        assert_eq!(
+            thermal_message(&thermal(T::Critical, T::Warn, "")),
+            "thermal critical → warn: zone CPU-therm at 85.5 °C"
+        );
+        let mut t = thermal(T::Warn, T::Normal, "  ");
+        t.celsius = None;
+        assert_eq!(thermal_message(&t), "thermal warn → normal: zone CPU-therm");
+    }
+
+    #[test]
+    fn a_reading_is_at_warn_by_state_or_by_the_hottest_zone() {
+        let mut l = crate::links::Live::default();
+        assert_eq!(reading_of(&l), None);
+        l.info = Some(v1::NodeInfo {
+            warn_c: 75.0,
+            ..Default::default()
+        });
+        l.sample = Some(v1::TelemetrySample {
+            hottest_c: Some(70.0),
+            thermal_state: v1::ThermalState::Normal as i32,
+            ..Default::default()
+        });
+        assert_eq!(reading_of(&l), Some((Some(70.0), false)));
+        l.sample.as_mut().unwrap().hottest_c = Some(75.5);
+        assert_eq!(reading_of(&l), Some((Some(75.5), true)));
+        let s = l.sample.as_mut().unwrap();
+        s.hottest_c = Some(60.0);
+        s.thermal_state = v1::ThermalState::Warn as i32;
+        assert_eq!(reading_of(&l), Some((Some(60.0), true)));
+    }
 }

@@ -375,6 +375,11 @@ pub struct Transition {
     pub reason: String,
     pub actor: String,
     pub run: RunChange,
+    /// The run's heat as the controller last saw it (peak temperature,
+    /// throttled), merged into the run this transition starts, ends or
+    /// leaves open, in the same write: the end of a run carries its final
+    /// peak.
+    pub heat: Option<RunObservation>,
 }
 
 /// What a transition does to the run record.
@@ -404,6 +409,7 @@ impl Transition {
             reason: reason.into(),
             actor: actor.into(),
             run: RunChange::None,
+            heat: None,
         }
     }
 
@@ -419,6 +425,17 @@ impl Transition {
 
     pub fn end_run(mut self, end: RunEnd) -> Self {
         self.run = RunChange::End(end);
+        self
+    }
+
+    /// Merges the run's heat (its peak and throttled; crashes are not
+    /// taken from it) into the run record.
+    pub fn heat(mut self, peak_temp_c: Option<f64>, throttled: bool) -> Self {
+        self.heat = Some(RunObservation {
+            crashes: None,
+            peak_temp_c,
+            throttled,
+        });
         self
     }
 }
@@ -1032,10 +1049,7 @@ impl Store {
             if let Some(c) = new_crashes {
                 run.crashes = c;
             }
-            if let Some(t) = obs.peak_temp_c.filter(|t| t.is_finite()) {
-                run.peak_temp_c = Some(run.peak_temp_c.map_or(t, |p| p.max(t)));
-            }
-            run.throttled |= obs.throttled;
+            run.observe_heat(obs.peak_temp_c, obs.throttled);
             if *run == before {
                 return Ok((rec, None));
             }
@@ -1685,6 +1699,20 @@ fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
             run.exit_signal = end.exit_signal;
             run.disruption = end.disruption;
             ended = Some(end);
+        }
+    }
+
+    if let Some(heat) = &t.heat {
+        // The run this transition is about: the one it started or ended,
+        // or the open one it leaves open. A run ended before is not
+        // touched.
+        let touched = !matches!(t.run, RunChange::None) || rec.open_run().is_some();
+        if let Some(run) = rec
+            .runs
+            .last_mut()
+            .filter(|r| touched && r.epoch == rec.epoch)
+        {
+            run.observe_heat(heat.peak_temp_c, heat.throttled);
         }
     }
 

@@ -292,11 +292,18 @@ pub fn disruption(d: Option<Disruption>) -> v1::Disruption {
 /// the power mode of the last sample (or of the node info), jetson_clocks
 /// of the last sample, the L4T release of the node info.
 pub fn run_start(live: Option<&NodeLive>) -> RunStart {
+    run_start_switched(live, None)
+}
+
+/// [`run_start`] on a board the controller just switched to `switched`
+/// (the mode the board confirmed): the run starts in that mode, whatever
+/// the last sample said.
+pub fn run_start_switched(live: Option<&NodeLive>, switched: Option<&v1::PowerMode>) -> RunStart {
     let info = live.and_then(|l| l.info.as_ref());
     let sample = live.and_then(|l| l.sample.as_ref());
     let modes = info.map_or(&[][..], |i| &i.power_modes[..]);
-    let power_mode = sample
-        .and_then(|s| s.power_mode.as_ref())
+    let power_mode = switched
+        .or_else(|| sample.and_then(|s| s.power_mode.as_ref()))
         .or_else(|| info.and_then(|i| i.current_power_mode.as_ref()))
         .and_then(|m| {
             mode_id(m, modes).map(|id| ModeRef {
@@ -1399,6 +1406,25 @@ mod tests {
         assert_eq!(start.jetson_clocks, None);
 
         assert_eq!(run_start(None), RunStart::default());
+    }
+
+    #[test]
+    fn a_run_starts_in_the_mode_the_controller_switched_the_board_to() {
+        // The last sample still shows the mode before the switch.
+        let start = run_start_switched(Some(&live()), Some(&mode(2, "MODE_30W")));
+        assert_eq!(
+            start.power_mode,
+            Some(ModeRef {
+                id: 2,
+                name: "MODE_30W".into()
+            })
+        );
+        assert_eq!(start.l4t_release, "36.4.0");
+        // Without a switch, the sample says.
+        assert_eq!(
+            run_start_switched(Some(&live()), None),
+            run_start(Some(&live()))
+        );
     }
 
     #[test]

@@ -31,6 +31,11 @@ struct Fleet {
 }
 
 async fn fleet(name: &str, net: u8, opts: ControllerOptions) -> Option<Fleet> {
+    fleet_of(name, net, opts, Fixture::AgxOrinR36).await
+}
+
+/// Three boards of `fixture`.
+async fn fleet_of(name: &str, net: u8, opts: ControllerOptions, fixture: Fixture) -> Option<Fleet> {
     let mut bed = Testbed::new(name).await?;
     let names: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -39,8 +44,7 @@ async fn fleet(name: &str, net: u8, opts: ControllerOptions) -> Option<Fleet> {
     let mut sims = Vec::new();
     let mut agents = Vec::new();
     for (i, b) in boards.iter().enumerate() {
-        let sim = HwSim::install(b, Fixture::AgxOrinR36, ThermalParams::bounded(40.0, 60.0))
-            .expect("hwsim");
+        let sim = HwSim::install(b, fixture, ThermalParams::bounded(40.0, 60.0)).expect("hwsim");
         let options = AgentOptions {
             hardware: Some(sim.clone()),
             guard_toml: Some("[guard]\ncooldown_s = 1\n".into()),
@@ -885,5 +889,161 @@ async fn a_pinned_experiment_restarts_on_its_board() {
         })
         .await;
     assert_eq!((back.node.as_str(), back.crashes), (node.as_str(), 0));
+    f.finish().await;
+}
+
+/// The board's thermal state as the controller's fleet view shows it.
+async fn thermal_state(f: &Fleet, node: &str) -> Option<v1::ThermalState> {
+    let nodes = f
+        .admin
+        .clone()
+        .list_nodes(v1::ListNodesRequest::default())
+        .await
+        .ok()?
+        .into_inner()
+        .nodes;
+    let n = nodes.into_iter().find(|n| n.name == node)?;
+    n.telemetry.map(|t| t.thermal_state())
+}
+
+/// A run that went through warn keeps its peak and `throttled` in its
+/// record, through a controller killed with -9 and after the board cooled
+/// down; a run on a board that stayed cool is not throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_records_its_peak_temperature_and_that_it_was_throttled() {
+    let Some(mut f) = fleet("peak", 29, ControllerOptions::default()).await else {
+        return;
+    };
+    let hot_node = f.boards[0].name().to_owned();
+    let cool_node = f.boards[1].name().to_owned();
+    for (id, node) in [("warm", &hot_node), ("calm", &cool_node)] {
+        let mut spec = sh(id, FOREVER);
+        spec.placement = Some(v1::Placement {
+            node: node.clone(),
+            ..Default::default()
+        });
+        f.submit(spec).await.unwrap();
+    }
+    for id in ["warm", "calm"] {
+        f.wait(id, "to run", running).await;
+    }
+
+    // Into warn (75 °C), short of critical (85 °C): the run goes on.
+    const HOT_C: f64 = 80.5;
+    for z in f.sims[0].zones() {
+        f.sims[0].set_zone(&z, HOT_C).unwrap();
+    }
+    let throttled = |e: &v1::Experiment| {
+        e.runs
+            .last()
+            .is_some_and(|r| r.throttled && r.peak_temp_c.is_some_and(|p| p >= HOT_C))
+    };
+    let warm = f
+        .wait("warm", "warm's run to record the heat", throttled)
+        .await;
+    assert!(running(&warm), "{warm:?}");
+
+    // What was written survives a controller killed with -9.
+    f.ctl.kill9().await.unwrap();
+    f.ctl.restart().await.unwrap();
+    f.admin = f.ctl.client(&f.pki, Role::Admin).await.unwrap();
+    f.wait_connected().await;
+    let warm = f.get("warm").await;
+    assert!(throttled(&warm), "{:?}", warm.runs);
+
+    // Cooled below warn, then stopped: the end keeps the peak.
+    for z in f.sims[0].zones() {
+        f.sims[0].set_zone(&z, 40.0).unwrap();
+    }
+    wait_for("the hot board back to normal", DEADLINE, || async {
+        Ok(match thermal_state(&f, &hot_node).await {
+            Some(v1::ThermalState::Normal) => Check::Ready(()),
+            s => Check::not_yet(format!("{s:?}")),
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for id in ["warm", "calm"] {
+        f.admin
+            .clone()
+            .stop(v1::StopRequest {
+                id: id.into(),
+                reason: "done".into(),
+            })
+            .await
+            .unwrap();
+    }
+    for id in ["warm", "calm"] {
+        f.wait(id, "to stop", |e| e.phase() == ExperimentPhase::Stopped)
+            .await;
+    }
+    let warm = f.get("warm").await;
+    assert_eq!(warm.runs.len(), 1, "{:?}", warm.runs);
+    let run = &warm.runs[0];
+    assert_eq!(run.node, hot_node);
+    assert_eq!(run.outcome(), v1::RunOutcome::Stopped, "{run:?}");
+    assert!(run.ended_at_unix_us.is_some());
+    assert!(run.throttled, "{run:?}");
+    assert!(run.peak_temp_c.is_some_and(|p| p >= HOT_C), "{run:?}");
+
+    let calm = f.get("calm").await;
+    let run = &calm.runs[0];
+    assert_eq!(run.node, cool_node);
+    assert!(!run.throttled, "{run:?}");
+    let peak = run.peak_temp_c.expect("a peak from the board's samples");
+    assert!(peak < 75.0, "{run:?}");
+    f.finish().await;
+}
+
+/// An experiment that asks for another power mode runs in it, and its run
+/// record says so: the controller switches the board first, then starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_records_the_power_mode_the_controller_switched_to() {
+    let Some(f) = fleet_of("mode", 30, ControllerOptions::default(), Fixture::OrinNx).await else {
+        return;
+    };
+    let (modes, default) = Fixture::OrinNx.power_modes();
+    let default_name = modes.iter().find(|m| m.0 == default).unwrap().1;
+    assert_eq!(default_name, "40W");
+    for (i, id) in ["at-25w", "at-15w"].into_iter().enumerate() {
+        let mut spec = sh(id, FOREVER);
+        spec.placement = Some(v1::Placement {
+            node: f.boards[i].name().to_owned(),
+            power_mode: ["25W", "15W"][i].into(),
+            ..Default::default()
+        });
+        f.submit(spec).await.unwrap();
+    }
+    for (id, want) in [("at-25w", (3, "25W")), ("at-15w", (2, "15W"))] {
+        let e = f.wait(id, "to run", running).await;
+        let mode = e.runs[0].power_mode.clone().expect("a power mode at start");
+        assert_eq!((mode.id, mode.name.as_str()), want, "{:?}", e.runs[0]);
+        // The fleet view shows the new mode too (from the board's news of
+        // the switch, or its next sample).
+        wait_for("the fleet view to show the new mode", DEADLINE, || {
+            let mut c = f.admin.clone();
+            let node = e.node.clone();
+            async move {
+                let nodes = c
+                    .list_nodes(v1::ListNodesRequest::default())
+                    .await?
+                    .into_inner()
+                    .nodes;
+                let shown = nodes
+                    .iter()
+                    .find(|n| n.name == node)
+                    .and_then(|n| n.telemetry.as_ref())
+                    .and_then(|t| t.power_mode.as_ref())
+                    .map(|m| m.name.clone());
+                Ok(if shown.as_deref() == Some(want.1) {
+                    Check::Ready(())
+                } else {
+                    Check::not_yet(format!("{shown:?}"))
+                })
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
     f.finish().await;
 }

@@ -805,6 +805,87 @@ async fn observations_merge_into_the_open_run() {
     assert!(matches!(err, StoreError::StaleEpoch { .. }));
 }
 
+#[tokio::test]
+async fn a_run_takes_its_heat_at_start_and_its_final_peak_with_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = placed(&store, "a", "n1").await;
+    let rec = store
+        .transition(
+            &Transition::new(id("a"), Phase::Placing, Phase::Running, "agent/n1", "")
+                .fenced(p.epoch)
+                .start_run(RunStart::default())
+                .heat(Some(41.0), false),
+        )
+        .await
+        .unwrap()
+        .record;
+    let run = rec.open_run().unwrap();
+    assert_eq!((run.peak_temp_c, run.throttled), (Some(41.0), false));
+
+    // Written on the way: 80 and throttled.
+    store
+        .observe_run(
+            &id("a"),
+            p.epoch,
+            RunObservation {
+                crashes: None,
+                peak_temp_c: Some(80.0),
+                throttled: true,
+            },
+            "agent/n1",
+        )
+        .await
+        .unwrap();
+    // The end carries a higher final peak; a lower one would not lower it.
+    let seq = store.last_event_seq();
+    let rec = store
+        .transition(
+            &Transition::new(id("a"), Phase::Running, Phase::Succeeded, "agent/n1", "")
+                .fenced(p.epoch)
+                .end_run(RunEnd::new(RunOutcome::Succeeded, "exited with code 0"))
+                .heat(Some(80.7), false),
+        )
+        .await
+        .unwrap()
+        .record;
+    let run = rec.runs.last().unwrap();
+    assert_eq!(run.outcome, Some(RunOutcome::Succeeded));
+    assert_eq!((run.peak_temp_c, run.throttled), (Some(80.7), true));
+    assert_eq!(
+        store.events_from(seq + 1, 10).unwrap().len(),
+        1,
+        "one write: the end and its peak"
+    );
+    drop(store);
+    let store = reopen(dir.path()).await;
+    let run = store
+        .experiment(&id("a"))
+        .unwrap()
+        .unwrap()
+        .runs
+        .pop()
+        .unwrap();
+    assert_eq!((run.peak_temp_c, run.throttled), (Some(80.7), true));
+
+    // A run ended before is not touched by a later transition's heat.
+    let rec = store
+        .transition(
+            &Transition::new(
+                id("a"),
+                Phase::Succeeded,
+                Phase::Queued,
+                "user/alice",
+                "again",
+            )
+            .heat(Some(99.0), true),
+        )
+        .await
+        .unwrap()
+        .record;
+    assert_eq!(rec.runs.last().unwrap().peak_temp_c, Some(80.7));
+}
+
 // Events.
 
 #[tokio::test]
