@@ -378,12 +378,16 @@ async fn the_demo_reaches_every_expected_end_and_down_leaves_nothing() {
     );
 
     // The power-mode experiment ran on the Orin NX, switched to 25W before
-    // its run started.
+    // its run started, and its run record says it ran in 25W.
     let pm = &exps["power-25w"];
     assert_eq!(pm.phase(), ExperimentPhase::Succeeded, "{pm:?}");
     let run = pm.runs.last().unwrap();
     assert_eq!(run.node, "jetson-02", "{pm:?}");
-    assert!(run.power_mode.is_some(), "{pm:?}");
+    assert_eq!(
+        run.power_mode.as_ref().map(|m| m.name.as_str()),
+        Some("25W"),
+        "{pm:?}"
+    );
     let switches: Vec<v1::Event> = node_events(&mut c, "jetson-02")
         .await
         .into_iter()
