@@ -512,6 +512,7 @@ const VARYING_COLUMNS: &[&str] = &[
     "LASTED",
     "LAST SEEN",
     "LOAD",
+    "MEMORY",
     "SCORE",
     "PID",
     "PEAK",
