@@ -147,6 +147,16 @@ impl Fixture {
         }
     }
 
+    /// The real `jetson_clocks --show` capture `fleet-sim-jetson-clocks`
+    /// starts from (relative to the fixtures), where the fixture has one.
+    pub fn jetson_clocks_show(self) -> Option<&'static str> {
+        match self {
+            Fixture::AgxOrinR36 => Some("jetson-agx-orin/jetson_clocks-show.txt"),
+            Fixture::AgxOrinR35 => Some("jetson-agx-orin/l4t-r35/jetson_clocks-show.txt"),
+            Fixture::OrinNx => None,
+        }
+    }
+
     /// Directories (relative to the fixtures) copied into the board's `hw/`,
     /// later ones over earlier ones.
     fn sources(self) -> &'static [&'static str] {
@@ -431,10 +441,33 @@ impl HwSim {
         crate::agent::workspace_bin("fleet-sim-nvpmodel", "fleet-testbed")
     }
 
-    /// A path where no `jetson_clocks` exists: there is no simulator for it,
-    /// so the agent reports the clocks as unavailable.
+    /// Where the agent runs `jetson_clocks` from. Nothing is there (the
+    /// agent reports the clocks as unavailable) until
+    /// [`HwSim::install_jetson_clocks`].
     pub fn jetson_clocks(&self) -> PathBuf {
         self.root().join("usr/bin/jetson_clocks")
+    }
+
+    /// Puts a `jetson_clocks` on the board: a wrapper running
+    /// `fleet-sim-jetson-clocks` on the board's own clock state, seeded from
+    /// the fixture's capture. False when the fixture has no capture to
+    /// start from (the board then has no `jetson_clocks`, as before).
+    pub fn install_jetson_clocks(&self) -> anyhow::Result<bool> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(show) = self.fixture().jetson_clocks_show() else {
+            return Ok(false);
+        };
+        let path = self.jetson_clocks();
+        fs::create_dir_all(path.parent().expect("under the board's root"))?;
+        let script = format!(
+            "#!/bin/sh\nFLEET_SIM_JETSON_CLOCKS_STATE={state:?} FLEET_SIM_JETSON_CLOCKS_SHOW={show:?} exec {bin:?} \"$@\"\n",
+            state = self.root().join("jetson_clocks.state"),
+            show = fixtures_dir().join(show),
+            bin = crate::agent::workspace_bin("fleet-sim-jetson-clocks", "fleet-testbed"),
+        );
+        write_atomic(&path, script.as_bytes())?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(true)
     }
 
     /// The `[hardware]` section of the agent's config for this board.

@@ -507,6 +507,23 @@ async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
         );
     }
 
+    // Its board has a jetson_clocks (the simulator on the board's state),
+    // switched through the controller.
+    for (state, shown) in [("on", "is now on"), ("off", "is now off")] {
+        let out = tokio::process::Command::new(&fleetctl)
+            .args(["clocks", "jetson-01", state])
+            .env("FLEET_CONFIG_FILE", dir.join("fleetctl.toml"))
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains(shown),
+            "clocks {state}: {said}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // A second `up` in the same directory is refused.
     let second = fleet_dev()
         .args(["up", "--once", "--dir"])

@@ -21,7 +21,7 @@ use fleet_proto::identity::Role;
 use fleet_proto::v1::{self, controller_client::ControllerClient, ExperimentPhase};
 use fleet_testbed::agent::{workspace_bin, AgentHandle, AgentOptions};
 use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
-use fleet_testbed::hwsim::{fixtures_dir, Fixture, HwSim, ThermalParams};
+use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::TestPki;
 use fleet_testbed::poll::{wait_for, Check};
 use fleet_testbed::testbed::{Board, Testbed};
@@ -49,22 +49,6 @@ struct Fleet {
     snapshots: Snapshots,
 }
 
-/// A shell wrapper that runs `fleet-sim-jetson-clocks` on the board's own
-/// state, at the path the board's agent runs `jetson_clocks` from.
-fn install_jetson_clocks(sim: &HwSim) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = sim.jetson_clocks();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let script = format!(
-        "#!/bin/sh\nFLEET_SIM_JETSON_CLOCKS_STATE={state:?} FLEET_SIM_JETSON_CLOCKS_SHOW={show:?} exec {bin:?} \"$@\"\n",
-        state = sim.root().join("jetson_clocks.state"),
-        show = fixtures_dir().join("jetson-agx-orin/jetson_clocks-show.txt"),
-        bin = workspace_bin("fleet-sim-jetson-clocks", "fleet-testbed"),
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 async fn fleet(name: &str, net: u8) -> Option<Fleet> {
     let mut bed = Testbed::new(name).await?;
     let names: Vec<String> = (0..2).map(|i| format!("{name}-{i}")).collect();
@@ -79,7 +63,7 @@ async fn fleet(name: &str, net: u8) -> Option<Fleet> {
         // The first board has jetson_clocks, the second none: its agent
         // refuses to switch them.
         if i == 0 {
-            install_jetson_clocks(&sim);
+            assert!(sim.install_jetson_clocks().expect("jetson_clocks"));
         }
         let options = AgentOptions {
             hardware: Some(sim.clone()),

@@ -310,6 +310,8 @@ async fn run(
         };
         let hw = HwSim::install(board, fixture, params)
             .with_context(|| format!("simulated hardware for {}", board.name()))?;
+        hw.install_jetson_clocks()
+            .with_context(|| format!("jetson_clocks for {}", board.name()))?;
         hw.start_thermal_model(board)?;
         fleet.hardware.push(hw.clone());
         fleet.fixtures.push(fixture);
