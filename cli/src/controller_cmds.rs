@@ -823,12 +823,13 @@ async fn explain(target: &ControllerTarget<'_>, id: &str, out: &mut Out) -> Resu
         return out.json(&view);
     }
     if let Some(e) = &view.experiment {
-        let mut text = format!("{} is {}", e.id, out.paint(e.phase, phase_color(e.phase)));
+        // `heater-b: succeeded`, `big: queued; no node fits: …`.
+        let mut text = format!("{}: {}", e.id, out.paint(e.phase, phase_color(e.phase)));
         if let Some(node) = &e.node {
             text.push_str(&format!(" on {node}"));
         }
         if let Some(reason) = &e.reason {
-            text.push_str(&format!(": {reason}"));
+            text.push_str(&format!("; {reason}"));
         }
         out.line(&text)?;
     }

@@ -1010,7 +1010,7 @@ fn explain_shows_the_last_decision_per_node() {
     assert_eq!(
         redact(&run.stdout),
         "\
-a-run is running on jetson-03: placed
+a-run: running on jetson-03; placed
 
 last decision (<time>, policy balanced): placed on jetson-03 (score 0.82)
 NODE       VERDICT   SCORE  DETAIL
