@@ -6,7 +6,8 @@
 //! before any file, record or D-Bus call. Mutations are serialised by one
 //! lock; reads never take it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,105 @@ pub struct Experiments {
     ops: Mutex<()>,
     records: Mutex<()>,
     last: std::sync::Mutex<HashMap<String, Status>>,
+    latest: std::sync::Mutex<Latest>,
     events: broadcast::Sender<Event>,
+}
+
+/// The status each experiment's latest refresh derived, for the sampler:
+/// an experiment that is not active changes only through a unit signal (or
+/// a call of the agent's), which refreshes it, so the sampler takes it from
+/// here instead of asking systemd on every sample.
+///
+/// Refreshes may overlap; each takes a sequence number before it reads
+/// systemd and a status replaces one only if it was read later, so a slow
+/// refresh never puts back an older state.
+#[derive(Debug, Default)]
+struct Latest {
+    seq: u64,
+    entries: BTreeMap<String, LatestEntry>,
+}
+
+#[derive(Debug)]
+struct LatestEntry {
+    seq: u64,
+    /// `None` until a refresh after the record changed.
+    status: Option<Status>,
+}
+
+/// What a sample reads from systemd and what it takes as it is.
+#[derive(Debug, Default)]
+struct Plan {
+    read: Vec<String>,
+    cached: Vec<Status>,
+}
+
+impl Latest {
+    /// The sequence number of a refresh about to read systemd.
+    fn begin(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The experiment's record changed and no refresh has read it since:
+    /// the next sample reads it.
+    fn track(&mut self, id: &str) {
+        let seq = self.begin();
+        self.entries
+            .insert(id.to_owned(), LatestEntry { seq, status: None });
+    }
+
+    /// Keeps `st`, read by the refresh numbered `seq`, unless a later one
+    /// already gave a status.
+    fn put(&mut self, seq: u64, st: &Status) {
+        let entry = self
+            .entries
+            .entry(st.id.clone())
+            .or_insert(LatestEntry { seq, status: None });
+        if seq >= entry.seq {
+            entry.seq = seq;
+            entry.status = Some(st.clone());
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.entries.remove(id);
+    }
+
+    /// Active experiments, and those whose state is not known, are read
+    /// from systemd (their usage changes, and an end must be seen even if a
+    /// signal was lost); the others are taken from their latest status.
+    fn plan(&self) -> Plan {
+        let mut plan = Plan::default();
+        for (id, entry) in &self.entries {
+            match &entry.status {
+                Some(st) if !st.state.is_active() && st.state != State::Unknown => {
+                    plan.cached.push(st.clone())
+                }
+                _ => plan.read.push(id.clone()),
+            }
+        }
+        plan
+    }
+}
+
+/// Carries out a plan: `read` for each experiment that needs systemd, the
+/// cached statuses for the others, in the order of the ids. An experiment
+/// removed meanwhile is left out.
+async fn sample_by<F, Fut>(plan: Plan, mut read: F) -> Result<Vec<Status>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<Status>>,
+{
+    let mut out = plan.cached;
+    for id in plan.read {
+        match read(id).await {
+            Ok(st) => out.push(st),
+            Err(ExperimentError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
 }
 
 fn now_us() -> i64 {
@@ -173,6 +272,7 @@ impl Experiments {
             ops: Mutex::new(()),
             records: Mutex::new(()),
             last: std::sync::Mutex::new(HashMap::new()),
+            latest: std::sync::Mutex::new(Latest::default()),
             events,
         })
     }
@@ -349,6 +449,7 @@ impl Experiments {
         {
             let _r = self.records.lock().await;
             self.store.put(&rec).await?;
+            self.latest.lock().expect("not poisoned").track(&id);
         }
         if changed {
             self.apply_files(&unit).await?;
@@ -461,8 +562,14 @@ impl Experiments {
         remove_dir(&self.paths.dropin_dir(true, &unit))?;
         remove_dir(&self.paths.dropin_dir(false, &unit))?;
         remove_dir(&self.paths.experiment_dir(id))?;
-        self.store.remove(id).await?;
-        self.last.lock().expect("not poisoned").remove(id);
+        {
+            // Under the records lock: a refresh either sees the record and
+            // is done before, or finds it gone and keeps no status.
+            let _r = self.records.lock().await;
+            self.store.remove(id).await?;
+            self.last.lock().expect("not poisoned").remove(id);
+            self.latest.lock().expect("not poisoned").remove(id);
+        }
         tracing::info!(experiment = %id, "removed");
         Ok(true)
     }
@@ -507,6 +614,17 @@ impl Experiments {
         Ok(out)
     }
 
+    /// Every experiment's status for the sampler, without reading systemd
+    /// for experiments that have ended: those whose latest status is active
+    /// (or unknown) are refreshed, the others are as their last refresh
+    /// left them, which every signal about their unit renews. The cost of a
+    /// sample grows with the active experiments, not with every experiment
+    /// the board keeps.
+    pub async fn sample(&self) -> Result<Vec<Status>> {
+        let plan = self.latest.lock().expect("not poisoned").plan();
+        sample_by(plan, |id| async move { self.refresh(&id).await }).await
+    }
+
     /// Starts every enabled experiment through the target.
     pub async fn start_all(&self, target: &str) -> Result<Vec<Status>> {
         let _ops = self.ops.lock().await;
@@ -546,6 +664,7 @@ impl Experiments {
     pub async fn refresh(&self, id: &str) -> Result<Status> {
         let eid = Self::parse_id(id)?;
         let unit = Self::unit(&eid);
+        let seq = self.latest.lock().expect("not poisoned").begin();
         let props = self.systemd.props(&unit).await?;
         if let Some(p) = &props {
             tracing::debug!(
@@ -628,6 +747,7 @@ impl Experiments {
             self.store.put(&rec).await?;
         }
         let st = status::derive(&unit, &rec, props.as_ref());
+        self.latest.lock().expect("not poisoned").put(seq, &st);
         self.emit(&st);
         Ok(st)
     }
@@ -726,6 +846,11 @@ impl Experiments {
     pub async fn watch(self: Arc<Self>) -> Result<()> {
         use futures_util::FutureExt;
         let mut changes = Box::pin(self.systemd.unit_changes().await?);
+        // What changed after the agent adopted its units and before it
+        // listened came with no signal it heard: read everything once.
+        if let Err(e) = self.list().await {
+            tracing::warn!(error = %e, "cannot refresh experiments");
+        }
         while let Some(first) = changes.next().await {
             let mut units = vec![first];
             while let Some(Some(more)) = changes.next().now_or_never() {
@@ -789,4 +914,149 @@ fn describe(prev: Option<&Status>, st: &Status) -> Option<String> {
         State::Running if st.main_pid != 0 => format!("running (pid {})", st.main_pid),
         s => s.as_str().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Failure;
+    use std::cell::RefCell;
+
+    fn status(id: &str, state: State) -> Status {
+        Status {
+            id: id.to_owned(),
+            unit: format!("brain-experiment@{id}.service"),
+            state,
+            active_state: String::new(),
+            sub_state: String::new(),
+            result: String::new(),
+            main_pid: 0,
+            exit_code: None,
+            exit_signal: None,
+            failure: Failure::None,
+            failure_message: String::new(),
+            memory_current: None,
+            memory_peak: None,
+            memory_max: None,
+            cpu_usage_nsec: None,
+            active_since_us: None,
+            restarts: 0,
+            crashes_total: 0,
+            disruptions_total: 0,
+            epoch: 1,
+            autostart: false,
+            invocation_id: String::new(),
+        }
+    }
+
+    fn refreshed(latest: &mut Latest, st: Status) {
+        let seq = latest.begin();
+        latest.put(seq, &st);
+    }
+
+    /// Samples `latest` with a reader that answers from `systemd` and counts
+    /// its reads.
+    fn sample(latest: &Latest, systemd: &HashMap<String, Status>) -> (Vec<Status>, Vec<String>) {
+        let reads = RefCell::new(Vec::new());
+        let out = futures_util::FutureExt::now_or_never(sample_by(latest.plan(), |id| {
+            reads.borrow_mut().push(id.clone());
+            let st = systemd.get(&id).cloned();
+            async move { st.ok_or(ExperimentError::NotFound { id }) }
+        }))
+        .expect("no await pending")
+        .expect("sampled");
+        (out, reads.into_inner())
+    }
+
+    #[test]
+    fn a_sample_reads_systemd_only_for_active_experiments() {
+        let mut latest = Latest::default();
+        let mut systemd = HashMap::new();
+        let finished = [
+            State::Succeeded,
+            State::Failed,
+            State::Stopped,
+            State::Disrupted,
+        ];
+        for i in 0..200 {
+            let st = status(&format!("done-{i:03}"), finished[i % finished.len()]);
+            refreshed(&mut latest, st.clone());
+            systemd.insert(st.id.clone(), st);
+        }
+        refreshed(&mut latest, status("run", State::Running));
+        let mut now = status("run", State::Running);
+        now.memory_current = Some(4096);
+        now.cpu_usage_nsec = Some(1_000);
+        systemd.insert("run".into(), now.clone());
+
+        let (out, reads) = sample(&latest, &systemd);
+        assert_eq!(reads, ["run"], "one systemd read per active experiment");
+        assert_eq!(out.len(), 201);
+        assert!(out.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+        let run = out.iter().find(|s| s.id == "run").expect("listed");
+        assert_eq!(run, &now, "the active experiment's usage is current");
+        for (i, st) in out.iter().filter(|s| s.id != "run").enumerate() {
+            assert_eq!(st.state, finished[i % finished.len()], "{}", st.id);
+        }
+    }
+
+    #[test]
+    fn an_ending_seen_by_a_refresh_stops_the_reads() {
+        let mut latest = Latest::default();
+        refreshed(&mut latest, status("a", State::Running));
+        // The unit's signal refreshed it: it failed.
+        refreshed(&mut latest, status("a", State::Failed));
+        let systemd = HashMap::from([("a".to_owned(), status("a", State::Failed))]);
+        let (out, reads) = sample(&latest, &systemd);
+        assert!(reads.is_empty(), "{reads:?}");
+        assert_eq!(out[0].state, State::Failed);
+    }
+
+    #[test]
+    fn a_slow_refresh_never_puts_back_an_older_state() {
+        let mut latest = Latest::default();
+        refreshed(&mut latest, status("a", State::Running));
+        // The sampler reads systemd (still running), then the unit ends and
+        // its signal's refresh reads and stores the end first.
+        let slow = latest.begin();
+        refreshed(&mut latest, status("a", State::Stopped));
+        latest.put(slow, &status("a", State::Running));
+        let plan = latest.plan();
+        assert!(plan.read.is_empty());
+        assert_eq!(plan.cached[0].state, State::Stopped);
+    }
+
+    #[test]
+    fn unknown_changed_and_new_records_are_read() {
+        let mut latest = Latest::default();
+        refreshed(&mut latest, status("done", State::Succeeded));
+        refreshed(&mut latest, status("lost", State::Unknown));
+        refreshed(&mut latest, status("again", State::Failed));
+        // A start stored a new run's record; its refresh has not come yet,
+        // and one that began before the change must not count.
+        let before = latest.begin();
+        latest.track("again");
+        latest.put(before, &status("again", State::Failed));
+        latest.track("new");
+        let mut plan = latest.plan();
+        plan.read.sort();
+        assert_eq!(plan.read, ["again", "lost", "new"]);
+        assert_eq!(plan.cached.len(), 1);
+        latest.remove("done");
+        assert!(
+            latest.plan().cached.is_empty(),
+            "a removed experiment is gone"
+        );
+    }
+
+    #[test]
+    fn an_experiment_removed_while_sampling_is_left_out() {
+        let mut latest = Latest::default();
+        refreshed(&mut latest, status("a", State::Running));
+        refreshed(&mut latest, status("b", State::Stopped));
+        let (out, reads) = sample(&latest, &HashMap::new());
+        assert_eq!(reads, ["a"]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "b");
+    }
 }

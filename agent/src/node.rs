@@ -220,7 +220,9 @@ impl Node {
             if let Some(t) = transition {
                 self.apply(t, &experiments, sample.power_mode.clone()).await;
             }
-            let usage = match experiments.list().await {
+            // systemd is read only for active experiments; the others are
+            // as their latest refresh (a unit signal) left them.
+            let usage = match experiments.sample().await {
                 Ok(list) => list
                     .into_iter()
                     .map(|st| {
@@ -237,12 +239,14 @@ impl Node {
                             memory_current: st.memory_current,
                         }
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
                 Err(e) => {
                     tracing::warn!(error = %crate::grpc::error_chain(&e), "cannot list experiments for telemetry");
                     Vec::new()
                 }
             };
+            // Forget the CPU readings of experiments that are gone.
+            cpu_prev.retain(|id, _| usage.iter().any(|u| &u.id == id));
             let thermal = self.guard.lock().expect("not poisoned").state();
             self.latest.send_replace(Some(Arc::new(Snapshot {
                 sample,
