@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 use crate::systemd::Bus;
@@ -76,8 +77,10 @@ pub struct AgentConfig {
     /// Plain-HTTP Prometheus metrics listener; off when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    #[serde(default)]
-    pub tls: TlsConfig,
+    /// `[tls]`: the fleet CA, this process's certificate and key, and the
+    /// revocation list, if any; reloaded on SIGHUP.
+    #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
+    pub tls: TlsFiles,
     /// Where the board's sysfs, identity files, nvpmodel and jetson_clocks are.
     #[serde(default)]
     pub hardware: crate::hw::HwConfig,
@@ -249,32 +252,6 @@ fn parse_advertise(text: &str) -> Result<HostPort, String> {
     Ok(a)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The fleet CA that signs every certificate.
-    #[serde(default = "default_ca")]
-    pub ca: PathBuf,
-    #[serde(default = "default_cert")]
-    pub cert: PathBuf,
-    #[serde(default = "default_key")]
-    pub key: PathBuf,
-    /// Revocation list from `fleetctl pki revoke`; reloaded on SIGHUP.
-    #[serde(default)]
-    pub crl: Option<PathBuf>,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            ca: default_ca(),
-            cert: default_cert(),
-            key: default_key(),
-            crl: None,
-        }
-    }
-}
-
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default")
 }
@@ -296,14 +273,11 @@ fn default_journalctl() -> PathBuf {
 fn default_kmsg() -> PathBuf {
     DEFAULT_KMSG.into()
 }
-fn default_ca() -> PathBuf {
-    DEFAULT_CA.into()
+fn default_tls() -> TlsFiles {
+    TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY)
 }
-fn default_cert() -> PathBuf {
-    DEFAULT_CERT.into()
-}
-fn default_key() -> PathBuf {
-    DEFAULT_KEY.into()
+fn tls_or_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TlsFiles, D::Error> {
+    TlsFiles::deserialize_or(d, default_tls())
 }
 
 impl AgentConfig {
@@ -336,6 +310,7 @@ impl AgentConfig {
             path: path.to_owned(),
             problem,
         };
+        cfg.tls.validate().map_err(|e| invalid(e.to_string()))?;
         let c = &cfg.controller;
         if let Some(a) = &c.address {
             parse_controller(a).map_err(|e| {
@@ -512,6 +487,28 @@ mod tests {
         let e = parse("[controller]\nretry_max_s = 0\n").unwrap_err();
         assert!(e.contains("controller.retry_max_s"), "{e}");
         let e = parse("[controller]\nadress = \"c:1\"\n").unwrap_err();
+        assert!(e.contains("a.toml"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_and_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.tls,
+            TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY),
+            "the agent's own files"
+        );
+        let c = parse("[tls]\nkey = \"/k\"\ncrl = \"/etc/fleet/crl.pem\"\n").unwrap();
+        assert_eq!(
+            c.tls,
+            TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, "/k").with_crl("/etc/fleet/crl.pem")
+        );
+        let e = parse("[tls]\ncert = \"\"\n").unwrap_err();
+        assert!(
+            e.contains("a.toml") && e.contains("tls.cert is empty") && e.contains("leave cert out"),
+            "{e}"
+        );
+        let e = parse("[tls]\nkeyfile = \"/k\"\n").unwrap_err();
         assert!(e.contains("a.toml"), "{e}");
     }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_proto::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7444";
@@ -51,30 +52,6 @@ pub struct NodeEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    #[serde(default = "default_ca")]
-    pub ca: PathBuf,
-    #[serde(default = "default_cert")]
-    pub cert: PathBuf,
-    #[serde(default = "default_key")]
-    pub key: PathBuf,
-    #[serde(default)]
-    pub crl: Option<PathBuf>,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            ca: default_ca(),
-            cert: default_cert(),
-            key: default_key(),
-            crl: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     /// Address of the mTLS gRPC listener for fleetctl and agents.
     #[serde(default = "default_listen")]
@@ -82,8 +59,10 @@ pub struct ControllerConfig {
     /// The sled directory: the queue, nodes, placements and event log.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    #[serde(default)]
-    pub tls: TlsConfig,
+    /// `[tls]`: the fleet CA, this process's certificate and key, and the
+    /// revocation list, if any; reloaded on SIGHUP.
+    #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
+    pub tls: TlsFiles,
     /// Boards known from the start; agents may also join at run time.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -113,14 +92,11 @@ fn default_listen() -> SocketAddr {
 fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
-fn default_ca() -> PathBuf {
-    DEFAULT_CA.into()
+fn default_tls() -> TlsFiles {
+    TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY)
 }
-fn default_cert() -> PathBuf {
-    DEFAULT_CERT.into()
-}
-fn default_key() -> PathBuf {
-    DEFAULT_KEY.into()
+fn tls_or_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TlsFiles, D::Error> {
+    TlsFiles::deserialize_or(d, default_tls())
 }
 fn default_heartbeat() -> u64 {
     DEFAULT_HEARTBEAT_TIMEOUT_S
@@ -156,6 +132,7 @@ impl ControllerConfig {
             path: path.to_owned(),
             problem,
         };
+        cfg.tls.validate().map_err(|e| invalid(e.to_string()))?;
         for n in &cfg.nodes {
             fleet_proto::identity::validate_node_name(&n.name)
                 .map_err(|e| invalid(format!("nodes: {e}")))?;
@@ -208,6 +185,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("nodes"), "{e}");
+        assert_eq!(
+            c.tls,
+            TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY),
+            "the controller's own files"
+        );
+        let c =
+            ControllerConfig::parse(Path::new("c.toml"), "[tls]\ncrl = \"/etc/fleet/crl.pem\"\n")
+                .unwrap();
+        assert_eq!(
+            c.tls,
+            TlsFiles::new(DEFAULT_CA, DEFAULT_CERT, DEFAULT_KEY).with_crl("/etc/fleet/crl.pem")
+        );
+        let e = ControllerConfig::parse(Path::new("c.toml"), "[tls]\nca = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml") && e.contains("tls.ca is empty"), "{e}");
+        let text = toml::to_string(&ControllerConfig::example()).unwrap();
+        let back = ControllerConfig::parse(Path::new("gen"), &text).unwrap();
+        assert_eq!(back.tls, ControllerConfig::example().tls);
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
         ControllerConfig::from_file(&shipped).unwrap();
     }

@@ -178,7 +178,12 @@ impl fmt::Display for PemKind {
 }
 
 /// The files a process's TLS is built from; read again on every reload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It is also the `[tls]` table of the agent's and the controller's config
+/// files: keys `ca`, `cert`, `key` and `crl`, read with
+/// [`TlsFiles::deserialize_or`] (each process has its own default files) and
+/// checked with [`TlsFiles::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TlsFiles {
     /// The fleet CA certificate(s). Several are trusted at once during a CA rotation.
     pub ca: PathBuf,
@@ -206,6 +211,76 @@ impl TlsFiles {
         self.crl = Some(crl.into());
         self
     }
+
+    /// Reads a config file's `[tls]` table, taking each of `ca`, `cert` and
+    /// `key` it leaves out from `defaults` (the process's own files); `crl`
+    /// is unset unless given. Any other key is refused.
+    pub fn deserialize_or<'de, D>(deserializer: D, defaults: TlsFiles) -> Result<TlsFiles, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        /// The table as written: every key may be left out.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            ca: Option<PathBuf>,
+            cert: Option<PathBuf>,
+            key: Option<PathBuf>,
+            crl: Option<PathBuf>,
+        }
+        let t = <Table as serde::Deserialize>::deserialize(deserializer)?;
+        Ok(TlsFiles {
+            ca: t.ca.unwrap_or(defaults.ca),
+            cert: t.cert.unwrap_or(defaults.cert),
+            key: t.key.unwrap_or(defaults.key),
+            crl: t.crl,
+        })
+    }
+
+    /// Checks the paths as a config file gives them, before anything is
+    /// read: the error names the `[tls]` key and what to write instead.
+    pub fn validate(&self) -> Result<(), TlsConfigError> {
+        for (key, path, fix) in [
+            (
+                "ca",
+                Some(&self.ca),
+                "give the path of the fleet CA certificate, or leave ca out for the default",
+            ),
+            (
+                "cert",
+                Some(&self.cert),
+                "give the path of this process's certificate, or leave cert out for the default",
+            ),
+            (
+                "key",
+                Some(&self.key),
+                "give the path of its private key, or leave key out for the default",
+            ),
+            (
+                "crl",
+                self.crl.as_ref(),
+                "give the path of the revocation list \"fleetctl pki revoke\" writes, or leave crl out to check none",
+            ),
+        ] {
+            if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(TlsConfigError::EmptyPath { key, fix });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `[tls]` table that cannot be right, whatever the files hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A key is set to the empty path.
+    #[error("tls.{key} is empty: {fix}")]
+    EmptyPath {
+        /// The key: `ca`, `cert`, `key` or `crl`.
+        key: &'static str,
+        /// What to write instead.
+        fix: &'static str,
+    },
 }
 
 /// The same material as [`TlsFiles`], already in memory.
@@ -1571,4 +1646,65 @@ pub enum TlsError {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Config {
+        #[serde(default = "defaults", deserialize_with = "tls")]
+        tls: TlsFiles,
+    }
+
+    fn defaults() -> TlsFiles {
+        TlsFiles::new("/etc/fleet/ca.pem", "/etc/fleet/p.pem", "/etc/fleet/p.key")
+    }
+
+    fn tls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TlsFiles, D::Error> {
+        TlsFiles::deserialize_or(d, defaults())
+    }
+
+    fn parse(text: &str) -> Result<TlsFiles, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.tls.validate().map_err(|e| e.to_string())?;
+        Ok(c.tls)
+    }
+
+    #[test]
+    fn keys_left_out_take_the_process_defaults() {
+        assert_eq!(parse("").unwrap(), defaults());
+        assert_eq!(parse("[tls]\n").unwrap(), defaults());
+        assert_eq!(
+            parse("[tls]\ncert = \"/x/c.pem\"\ncrl = \"/x/crl.pem\"\n").unwrap(),
+            TlsFiles::new("/etc/fleet/ca.pem", "/x/c.pem", "/etc/fleet/p.key")
+                .with_crl("/x/crl.pem")
+        );
+        let all = "[tls]\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\ncrl = \"/d\"\n";
+        assert_eq!(
+            parse(all).unwrap(),
+            TlsFiles::new("/a", "/b", "/c").with_crl("/d")
+        );
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        for files in [defaults(), defaults().with_crl("/etc/fleet/crl.pem")] {
+            let text = toml::to_string(&Config { tls: files.clone() }).unwrap();
+            assert_eq!(parse(&text).unwrap(), files, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_empty_keys_are_refused_by_name() {
+        let e = parse("[tls]\ncertificate = \"/b\"\n").unwrap_err();
+        assert!(e.contains("certificate") && e.contains("`cert`"), "{e}");
+        for key in ["ca", "cert", "key", "crl"] {
+            let e = parse(&format!("[tls]\n{key} = \"\"\n")).unwrap_err();
+            assert!(e.starts_with(&format!("tls.{key} is empty: ")), "{e}");
+            assert!(e.contains("leave") && e.contains(key), "{e}");
+        }
+    }
 }
