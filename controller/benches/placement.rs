@@ -8,11 +8,14 @@
 //! per node (built by `reconciler::views_with` from the stored records and
 //! live telemetry, the function `Reconciler::views` uses) and
 //! `Store::record_pass`, which stores the pass in one transaction and
-//! returns once it is flushed; only then are the agents told. Each placement is handed to its node's
-//! agent, an in-memory task that acknowledges the start; the loop records
-//! the acknowledgement as the reconciler does (`placing → starting`, with
-//! the run's start, one flushed transition each), in the same task, before
-//! the next pass.
+//! returns once it is flushed; only then are the agents told. Each
+//! placement is handed to its node's agent, an in-memory task that
+//! acknowledges the start; the loop records the acknowledgements as the
+//! reconciler does, before the next pass: every one that arrived since the
+//! last round (`placing → starting` with the run's start, and the agent's
+//! crash count) in one `Store::record_transitions`, one transaction and one
+//! flush. Concurrent writers (the submitters, the loop) share flushes
+//! (group commit in the store); the report gives writes per flush.
 //!
 //! The real `Reconciler` is not used: its node links are gRPC clients over
 //! mTLS (`Links::client`), so in-process agents would mean 1,000 TLS
@@ -37,10 +40,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_controller::live::{NodeLive, ViewConfig};
-use fleet_controller::model::{Labels, ModeRef, NodeSource, Phase, RunStart};
+use fleet_controller::model::{Labels, ModeRef, NodeSource, Phase, RunObservation, RunStart};
 use fleet_controller::reconciler;
 use fleet_controller::scheduler::{self, Detail, Link, Policy};
-use fleet_controller::store::{NewNode, Store, Transition};
+use fleet_controller::store::{Batched, CommitStats, NewNode, Store, Transition};
 use fleet_proto::spec::{ExperimentId, ExperimentSpec, NodeName};
 use fleet_proto::v1;
 use tokio::sync::{mpsc, Notify};
@@ -164,21 +167,13 @@ async fn place_all(
     let mut out = Outcome::default();
     let mut first: Option<Instant> = None;
     while out.placed < expected {
-        // Acknowledged starts first, as the reconciler drains its reports.
+        // Acknowledged starts first, as the reconciler drains its reports:
+        // every one that arrived, in one write.
+        let mut batch = Vec::new();
         while let Ok(ack) = acks.try_recv() {
-            let t = Transition::new(ack.id, Phase::Placing, Phase::Starting, "controller", "")
-                .fenced(ack.epoch)
-                .start_run(RunStart {
-                    power_mode: Some(ModeRef {
-                        id: 0,
-                        name: "MAXN".into(),
-                    }),
-                    jetson_clocks: Some(false),
-                    l4t_release: "36.4.0".into(),
-                });
-            store.transition(&t).await.expect("start recorded");
-            out.acked += 1;
+            batch.push(started(ack));
         }
+        out.acked += record_starts(store, &batch).await;
         let pending = store.pending().expect("queue readable");
         if pending.is_empty() {
             // Woken by the next submission, or by an acknowledgement.
@@ -212,12 +207,51 @@ async fn place_all(
     // The last acknowledgements, so every start is recorded.
     while out.acked < out.placed {
         let Some(ack) = acks.recv().await else { break };
-        let t = Transition::new(ack.id, Phase::Placing, Phase::Starting, "controller", "")
-            .fenced(ack.epoch);
-        store.transition(&t).await.expect("start recorded");
-        out.acked += 1;
+        let mut batch = vec![started(ack)];
+        while let Ok(ack) = acks.try_recv() {
+            batch.push(started(ack));
+        }
+        out.acked += record_starts(store, &batch).await;
     }
     out
+}
+
+/// An acknowledged start as the reconciler records it: `placing →
+/// starting` with the run's start, and the agent's crash count merged in
+/// the same write.
+fn started(ack: Ack) -> Batched {
+    Batched {
+        transition: Transition::new(ack.id, Phase::Placing, Phase::Starting, "controller", "")
+            .fenced(ack.epoch)
+            .start_run(RunStart {
+                power_mode: Some(ModeRef {
+                    id: 0,
+                    name: "MAXN".into(),
+                }),
+                jetson_clocks: Some(false),
+                l4t_release: "36.4.0".into(),
+            }),
+        observe: Some((
+            RunObservation {
+                crashes: Some(0),
+                peak_temp_c: None,
+                throttled: false,
+            },
+            "agent/bench".into(),
+        )),
+    }
+}
+
+/// Records acknowledged starts in one transaction and one flush.
+async fn record_starts(store: &Store, batch: &[Batched]) -> usize {
+    let results = store
+        .record_transitions(batch)
+        .await
+        .expect("starts recorded");
+    for r in &results {
+        r.as_ref().expect("start recorded");
+    }
+    results.len()
 }
 
 struct Fleet {
@@ -274,7 +308,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn report(name: &str, out: &mut Outcome, submit: Option<Duration>) {
+fn report(
+    name: &str,
+    out: &mut Outcome,
+    submit: Option<Duration>,
+    commits: (CommitStats, CommitStats),
+) {
     out.latencies.sort();
     let secs = out.placing.as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
@@ -320,10 +359,17 @@ fn report(name: &str, out: &mut Outcome, submit: Option<Duration>) {
             * 1e3
     );
     println!("  starts acked    {}", out.acked);
+    let (before, after) = commits;
+    let writes = after.writes - before.writes;
+    let flushes = after.flushes - before.flushes;
+    #[allow(clippy::cast_precision_loss)]
+    let per_flush = writes as f64 / flushes.max(1) as f64;
+    println!("  durable writes  {writes} in {flushes} flushes ({per_flush:.1} a flush)");
 }
 
 async fn burst(nodes: usize, experiments: usize) {
     let mut f = fleet(nodes).await;
+    let commits = f.store.commit_stats();
     let enqueued = Mutex::new(HashMap::new());
     let t0 = Instant::now();
     for i in 0..experiments {
@@ -345,11 +391,17 @@ async fn burst(nodes: usize, experiments: usize) {
         experiments,
     )
     .await;
-    report("burst (all queued, then placed)", &mut out, Some(submit));
+    report(
+        "burst (all queued, then placed)",
+        &mut out,
+        Some(submit),
+        (commits, f.store.commit_stats()),
+    );
 }
 
 async fn stream(nodes: usize, experiments: usize, submitters: usize) {
     let mut f = fleet(nodes).await;
+    let commits = f.store.commit_stats();
     let enqueued = Arc::new(Mutex::new(HashMap::new()));
     let poke = Arc::new(Notify::new());
     let t0 = Instant::now();
@@ -389,6 +441,7 @@ async fn stream(nodes: usize, experiments: usize, submitters: usize) {
         &format!("stream ({submitters} submitters while placing)"),
         &mut out,
         Some(submit),
+        (commits, f.store.commit_stats()),
     );
 }
 

@@ -26,7 +26,9 @@ use crate::model::{
     Disruption, EventKind, Failure, NewEvent, Phase, RunEnd, RunObservation, RunOutcome, RunStart,
 };
 use crate::scheduler::{self, Link, ModeInfo, NodeView, Policy};
-use crate::store::{ExperimentRecord, RunChange, Store, StoreError, Transition, Transitioned};
+use crate::store::{
+    Batched, ExperimentRecord, RunChange, Store, StoreError, Transition, Transitioned,
+};
 
 const ACTOR: &str = "controller";
 /// How long a start may take on a board before the placement is retried.
@@ -132,19 +134,21 @@ impl Reconciler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let poke = self.poke.clone();
         loop {
+            let mut dones = Vec::new();
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = poke.notified() => {}
                 Some(r) = reports.recv() => self.on_report(r).await,
-                Some(d) = done.recv() => self.on_done(d).await,
+                Some(d) = done.recv() => dones.push(d),
             }
             // Drain whatever else arrived, then decide once.
             while let Ok(r) = reports.try_recv() {
                 self.on_report(r).await;
             }
             while let Ok(d) = done.try_recv() {
-                self.on_done(d).await;
+                dones.push(d);
             }
+            self.on_dones(dones).await;
             self.write_heat().await;
             if let Err(e) = self.health().await {
                 tracing::error!(error = %e, "node health pass failed");
@@ -283,6 +287,149 @@ impl Reconciler {
                 })
                 .await;
         });
+    }
+
+    /// The results of dispatches. The starts the agents accepted are
+    /// recorded together, in one write and one flush
+    /// ([`Store::record_transitions`]), each with the agent's crash count
+    /// in the same write; the rest (refusals, reports of another kind) one
+    /// by one.
+    async fn on_dones(&mut self, dones: Vec<Done>) {
+        let mut starts = Vec::new();
+        let mut rest = Vec::new();
+        for d in dones {
+            let Done::Started {
+                id,
+                node,
+                epoch,
+                result,
+            } = d;
+            let status = match result {
+                Ok(status) => status,
+                Err(e) => {
+                    rest.push(Done::Started {
+                        id,
+                        node,
+                        epoch,
+                        result: Err(e),
+                    });
+                    continue;
+                }
+            };
+            match self.accepted_start(&node, &status) {
+                Ok(Some(b)) => {
+                    self.in_flight.remove(&(id.as_str().to_owned(), epoch));
+                    tracing::debug!(experiment = %id.as_str(), %node, epoch, ok = true, "dispatch done");
+                    starts.push((node, b));
+                }
+                Ok(None) => rest.push(Done::Started {
+                    id,
+                    node,
+                    epoch,
+                    result: Ok(status),
+                }),
+                Err(e) => {
+                    self.in_flight.remove(&(id.as_str().to_owned(), epoch));
+                    tracing::warn!(error = %e, "recording a start failed");
+                }
+            }
+        }
+        if !starts.is_empty() {
+            self.record_starts(starts).await;
+        }
+        for d in rest {
+            self.on_done(d).await;
+        }
+    }
+
+    /// The write that records an accepted start reported in `st`, when
+    /// there is one to make: the experiment is ours on `node` and not yet
+    /// in the phase the agent reports. The run starts with it if none is
+    /// open, taking the board's reading now; the agent's crash count is
+    /// merged in the same write.
+    fn accepted_start(
+        &self,
+        node: &str,
+        st: &v1::ExperimentStatus,
+    ) -> Result<Option<Batched>, StoreError> {
+        let to = match st.state() {
+            ExperimentState::Running => Phase::Running,
+            ExperimentState::Starting | ExperimentState::Restarting => Phase::Starting,
+            _ => return Ok(None),
+        };
+        let Ok(id) = ExperimentId::new(st.id.clone()) else {
+            return Ok(None);
+        };
+        let Some(rec) = self.store.experiment(&id)? else {
+            return Ok(None);
+        };
+        let ours = rec.node.as_ref().is_some_and(|n| n.as_str() == node) && rec.epoch == st.epoch;
+        if !ours
+            || !matches!(rec.phase, Phase::Placing | Phase::Unknown | Phase::Starting)
+            || rec.phase == to
+        {
+            return Ok(None);
+        }
+        let mut t = Transition::new(id, rec.phase, to, ACTOR, "").fenced(rec.epoch);
+        if rec.open_run().is_none() {
+            let live = self.links.live(node);
+            t = t.start_run(self.run_start(&rec, live.as_ref()));
+            if let Some((hottest, hot)) = self.reading(node) {
+                t = t.heat(hottest, hot);
+            }
+        }
+        Ok(Some(Batched {
+            transition: t,
+            observe: Some((
+                RunObservation {
+                    crashes: Some(u64::from(st.restarts)),
+                    peak_temp_c: None,
+                    throttled: false,
+                },
+                format!("agent/{node}"),
+            )),
+        }))
+    }
+
+    /// Stores accepted starts in one write, then follows the heat of each
+    /// run, as [`Reconciler::apply`] and [`Reconciler::transition`] do for
+    /// one.
+    async fn record_starts(&self, starts: Vec<(String, Batched)>) {
+        let batch: Vec<Batched> = starts.iter().map(|(_, b)| b.clone()).collect();
+        let results = match self.store.record_transitions(&batch).await {
+            Ok(results) => results,
+            Err(e) => {
+                // Still placing: redispatched (a start is idempotent per
+                // epoch), and recorded when the agent answers again.
+                tracing::warn!(error = %e, starts = batch.len(), "recording starts failed");
+                return;
+            }
+        };
+        for ((node, b), result) in starts.iter().zip(results) {
+            let done = match result {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a start failed");
+                    continue;
+                }
+            };
+            let rec = &done.record;
+            if matches!(b.transition.run, RunChange::Start(_)) {
+                if let Some(run) = rec.open_run() {
+                    self.links.heats().follow(
+                        node,
+                        rec.id.as_str(),
+                        run.epoch,
+                        run.peak_temp_c,
+                        run.throttled,
+                    );
+                }
+            }
+            // A run the controller did not see start (it was down): its
+            // heat is followed from what is stored of it.
+            let live = self.links.live(node);
+            self.follow_heat(node, rec, live.as_ref());
+        }
     }
 
     async fn on_done(&mut self, d: Done) {

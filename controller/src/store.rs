@@ -34,6 +34,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fleet_proto::spec::{DisruptionPolicy, ExperimentId, ExperimentSpec, LabelKey, NodeName};
@@ -447,6 +448,24 @@ pub struct Transitioned {
     pub event_seq: u64,
 }
 
+/// A transition to store with others in one write
+/// ([`Store::record_transitions`]), and what an agent said of the run it
+/// leaves open, merged after it as [`Store::observe_run`] does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batched {
+    pub transition: Transition,
+    /// The observation and its actor.
+    pub observe: Option<(RunObservation, String)>,
+}
+
+/// Durable writes and the flushes that made them so, since the store was
+/// opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    pub writes: u64,
+    pub flushes: u64,
+}
+
 /// The controller's store. Cheap to clone; every clone is the same store.
 #[derive(Clone)]
 pub struct Store {
@@ -467,6 +486,11 @@ struct Inner {
     /// The highest event seq known to be flushed and sent to subscribers.
     published: Mutex<u64>,
     events_tx: broadcast::Sender<EventRecord>,
+    /// Concurrent writers share flushes ([`group::GroupCommit`]).
+    group: group::GroupCommit,
+    /// The highest event seq a completed flush covered: set by the flush
+    /// alone, never by the writer waiting for it.
+    durable_event_seq: AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -705,13 +729,20 @@ impl Store {
             clock,
             published: Mutex::new(0),
             events_tx: broadcast::channel(EVENT_BUFFER).0,
+            group: group::GroupCommit::new(),
+            durable_event_seq: AtomicU64::new(0),
         };
         let store = Self {
             inner: Arc::new(inner),
         };
         // Everything found on disk was flushed by an earlier run, or
         // survived without a flush: either way it is what the log now says.
-        *store.lock_published() = store.stored_event_seq()?;
+        let stored = store.stored_event_seq()?;
+        *store.lock_published() = stored;
+        store
+            .inner
+            .durable_event_seq
+            .store(stored, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -782,21 +813,18 @@ impl Store {
             })
     }
 
-    /// Flushes everything written so far, then sends subscribers the events
-    /// up to `up_to` they have not had, in order.
+    /// Returns once everything written so far is on disk, then sends
+    /// subscribers the events up to `up_to` they have not had, in order.
+    /// Called right after the caller's write.
     ///
-    /// sled runs transactions one at a time, so an event with a lower seq
-    /// was committed before the caller's and this flush covers it too.
-    ///
-    /// The flush is sled's blocking one on tokio's blocking pool: sled
-    /// 0.34's `flush_async` can hang for ever when several run at once
-    /// (spacejam/sled#1241, #1308; fixed only after 0.34.7).
+    /// Concurrent writers share flushes (group commit, [`group`]): a writer
+    /// waits for the flush that is running and flushes again only if that
+    /// one started before its write. sled runs transactions one at a time,
+    /// so an event with a lower seq was committed before the caller's and
+    /// the flush that covers the caller covers it too.
     async fn commit(&self, up_to: u64) -> Result<(), StoreError> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(StoreError::FlushAborted)?
-            .map_err(StoreError::Sled)?;
+        let ticket = self.inner.group.ticket();
+        self.inner.group.wait(ticket, || self.flush()).await?;
         let mut published = self.lock_published();
         if *published < up_to {
             for event in self.read_events(*published + 1, up_to, usize::MAX)? {
@@ -806,6 +834,41 @@ impl Store {
             *published = up_to;
         }
         Ok(())
+    }
+
+    /// Flushes everything written before it starts (sled's `flush`).
+    ///
+    /// The flush is sled's blocking one on tokio's blocking pool: sled
+    /// 0.34's `flush_async` can hang for ever when several run at once
+    /// (spacejam/sled#1241, #1308; fixed only after 0.34.7). Group commit
+    /// runs one flush at a time; a caller dropped mid-flush leaves its
+    /// flush running on the pool, which sled's blocking flush allows.
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Committed before the flush starts, so durable when it returns.
+        let covers = self.stored_event_seq()?;
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(StoreError::FlushAborted)?
+            .map_err(StoreError::Sled)?;
+        self.inner
+            .durable_event_seq
+            .fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Writes and flushes so far: concurrent writers share flushes.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            writes: self.inner.group.written(),
+            flushes: self.inner.group.flushes(),
+        }
+    }
+
+    /// The highest event seq a completed flush covered.
+    #[cfg(test)]
+    fn durable_event_seq(&self) -> u64 {
+        self.inner.durable_event_seq.load(Ordering::SeqCst)
     }
 
     // Experiments.
@@ -1025,58 +1088,60 @@ impl Store {
         obs: RunObservation,
         actor: &str,
     ) -> Result<ExperimentRecord, StoreError> {
-        let (record, event) = self.txn(|tx| {
-            let mut rec = tx.experiment(id)?;
-            if rec.epoch != epoch {
-                return abort(StoreError::StaleEpoch {
-                    id: id.clone(),
-                    given: epoch,
-                    current: rec.epoch,
-                });
-            }
-            let Some(run) = rec
-                .runs
-                .last_mut()
-                .filter(|r| r.is_open() && r.epoch == epoch)
-            else {
-                return abort(StoreError::Run {
-                    id: id.clone(),
-                    problem: format!("no run of epoch {epoch} is open"),
-                });
-            };
-            let before = run.clone();
-            let new_crashes = obs.crashes.filter(|c| *c > run.crashes);
-            if let Some(c) = new_crashes {
-                run.crashes = c;
-            }
-            run.observe_heat(obs.peak_temp_c, obs.throttled);
-            if *run == before {
-                return Ok((rec, None));
-            }
-            let node = run.node.clone();
-            let crashes = run.crashes;
-            tx.put_experiment(&mut rec)?;
-            let event = match new_crashes {
-                Some(_) => Some(tx.append(
-                    NewEvent {
-                        kind: EventKind::Crashed,
-                        experiment: Some(id.clone()),
-                        node: Some(node),
-                        epoch: Some(epoch),
-                        message: format!("crashed and restarted ({crashes} in this run)"),
-                        actor: actor.to_owned(),
-                    },
-                    None,
-                    None,
-                )?),
-                None => None,
-            };
-            Ok((rec, event))
-        })?;
-        // Flushed even without an event: the peak temperature is part of
-        // the run record.
-        self.commit(event.map_or(0, |e| e.seq)).await?;
+        let (record, written) = self.txn(|tx| observe_in(tx, id, epoch, &obs, actor))?;
+        // Flushed even without an event (the peak temperature is part of
+        // the run record), but not when nothing was written.
+        if let Some(event) = written {
+            self.commit(event.map_or(0, |e| e.seq)).await?;
+        }
         Ok(record)
+    }
+
+    /// Stores several transitions in one transaction and one flush, each
+    /// checked on its own as [`Store::transition`] does: one refused writes
+    /// nothing and leaves the others. A transition stored with an
+    /// observation has it merged into the run it leaves open (as
+    /// [`Store::observe_run`], its `crashed` event included) in the same
+    /// write. Transitions apply in order: a later one sees the earlier.
+    /// Returns after the flush, so every transition it reports is durable.
+    pub async fn record_transitions(
+        &self,
+        batch: &[Batched],
+    ) -> Result<Vec<Result<Transitioned, StoreError>>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (results, up_to) = self.txn(|tx| {
+            let mut results = Vec::with_capacity(batch.len());
+            let mut up_to = 0;
+            for b in batch {
+                let t = &b.transition;
+                let checked = match check_transition(tx, t)? {
+                    Ok(checked) => checked,
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                };
+                let mut done = write_transition(tx, t, checked)?;
+                up_to = up_to.max(done.event_seq);
+                let epoch = done.record.epoch;
+                let open = done.record.open_run().is_some_and(|r| r.epoch == epoch);
+                if let (Some((obs, actor)), true) = (&b.observe, open) {
+                    let (rec, written) = observe_in(tx, &t.id, epoch, obs, actor)?;
+                    if let Some(Some(event)) = written {
+                        up_to = up_to.max(event.seq);
+                    }
+                    done.record = rec;
+                }
+                results.push(Ok(done));
+            }
+            Ok((results, up_to))
+        })?;
+        if results.iter().any(Result::is_ok) {
+            self.commit(up_to).await?;
+        }
+        Ok(results)
     }
 
     pub fn placement(&self, id: &ExperimentId) -> Result<Option<PlacementRecord>, StoreError> {
@@ -1611,38 +1676,120 @@ fn write_place(
     })
 }
 
-fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
-    let id = &t.id;
+/// Merges an observation into the open run of `epoch` (see
+/// [`Store::observe_run`]). Returns the record and, when it wrote, the
+/// `crashed` event it appended if any; `None` when nothing changed.
+#[allow(clippy::option_option)]
+fn observe_in(
+    tx: &Tx<'_>,
+    id: &ExperimentId,
+    epoch: u64,
+    obs: &RunObservation,
+    actor: &str,
+) -> TxResult<(ExperimentRecord, Option<Option<EventRecord>>)> {
     let mut rec = tx.experiment(id)?;
+    if rec.epoch != epoch {
+        return abort(StoreError::StaleEpoch {
+            id: id.clone(),
+            given: epoch,
+            current: rec.epoch,
+        });
+    }
+    let Some(run) = rec
+        .runs
+        .last_mut()
+        .filter(|r| r.is_open() && r.epoch == epoch)
+    else {
+        return abort(StoreError::Run {
+            id: id.clone(),
+            problem: format!("no run of epoch {epoch} is open"),
+        });
+    };
+    let before = run.clone();
+    let new_crashes = obs.crashes.filter(|c| *c > run.crashes);
+    if let Some(c) = new_crashes {
+        run.crashes = c;
+    }
+    run.observe_heat(obs.peak_temp_c, obs.throttled);
+    if *run == before {
+        return Ok((rec, None));
+    }
+    let node = run.node.clone();
+    let crashes = run.crashes;
+    tx.put_experiment(&mut rec)?;
+    let event = match new_crashes {
+        Some(_) => Some(tx.append(
+            NewEvent {
+                kind: EventKind::Crashed,
+                experiment: Some(id.clone()),
+                node: Some(node),
+                epoch: Some(epoch),
+                message: format!("crashed and restarted ({crashes} in this run)"),
+                actor: actor.to_owned(),
+            },
+            None,
+            None,
+        )?),
+        None => None,
+    };
+    Ok((rec, Some(event)))
+}
+
+fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
+    match check_transition(tx, t)? {
+        Ok(checked) => write_transition(tx, t, checked),
+        Err(e) => abort(e),
+    }
+}
+
+/// A transition [`check_transition`] allowed: the record with its run
+/// changed (not yet written), and how the run ended, if it did.
+struct Checked<'t> {
+    rec: ExperimentRecord,
+    ended: Option<&'t RunEnd>,
+}
+
+/// Whether a transition may be stored, and the record as it will be. It
+/// only reads: a refusal writes nothing.
+fn check_transition<'t>(
+    tx: &Tx<'_>,
+    t: &'t Transition,
+) -> TxResult<Result<Checked<'t>, StoreError>> {
+    let id = &t.id;
+    let Some(mut rec) =
+        Tx::get::<ExperimentRecord>(tx.experiments, "experiments", id.as_str().as_bytes())?
+    else {
+        return Ok(Err(StoreError::ExperimentNotFound { id: id.clone() }));
+    };
     if rec.phase != t.from {
-        return abort(StoreError::PhaseConflict {
+        return Ok(Err(StoreError::PhaseConflict {
             id: id.clone(),
             expected: t.from,
             found: rec.phase,
-        });
+        }));
     }
     // Placing needs a node and an epoch: only `place` goes there.
     if !t.from.can_become(t.to) || t.to == Phase::Placing {
-        return abort(StoreError::InvalidTransition {
+        return Ok(Err(StoreError::InvalidTransition {
             id: id.clone(),
             from: t.from,
             to: t.to,
-        });
+        }));
     }
     if let Some(epoch) = t.epoch {
         if epoch != rec.epoch {
-            return abort(StoreError::StaleEpoch {
+            return Ok(Err(StoreError::StaleEpoch {
                 id: id.clone(),
                 given: epoch,
                 current: rec.epoch,
-            });
+            }));
         }
     }
     let run_problem = |problem: String| {
-        abort(StoreError::Run {
+        Ok(Err(StoreError::Run {
             id: id.clone(),
             problem,
-        })
+        }))
     };
 
     let mut ended: Option<&RunEnd> = None;
@@ -1702,20 +1849,6 @@ fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
         }
     }
 
-    if let Some(heat) = &t.heat {
-        // The run this transition is about: the one it started or ended,
-        // or the open one it leaves open. A run ended before is not
-        // touched.
-        let touched = !matches!(t.run, RunChange::None) || rec.open_run().is_some();
-        if let Some(run) = rec
-            .runs
-            .last_mut()
-            .filter(|r| touched && r.epoch == rec.epoch)
-        {
-            run.observe_heat(heat.peak_temp_c, heat.throttled);
-        }
-    }
-
     // Where a run may go after it ends.
     if let Some(end) = ended {
         use crate::model::Disruption;
@@ -1734,6 +1867,28 @@ fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
                 "a run that ended as {} cannot lead to {}",
                 end.outcome, t.to
             ));
+        }
+    }
+    Ok(Ok(Checked { rec, ended }))
+}
+
+/// Writes a transition [`check_transition`] allowed: the run's heat, the
+/// queue entry, the placement and the node's reservation, the record and
+/// the event.
+fn write_transition(tx: &Tx<'_>, t: &Transition, checked: Checked<'_>) -> TxResult<Transitioned> {
+    let Checked { mut rec, ended } = checked;
+    let id = &t.id;
+    if let Some(heat) = &t.heat {
+        // The run this transition is about: the one it started or ended,
+        // or the open one it leaves open. A run ended before is not
+        // touched.
+        let touched = !matches!(t.run, RunChange::None) || rec.open_run().is_some();
+        if let Some(run) = rec
+            .runs
+            .last_mut()
+            .filter(|r| touched && r.epoch == rec.epoch)
+        {
+            run.observe_heat(heat.peak_temp_c, heat.throttled);
         }
     }
 
@@ -1794,6 +1949,8 @@ fn transition_in(tx: &Tx<'_>, t: &Transition) -> TxResult<Transitioned> {
         event_seq: event.seq,
     })
 }
+
+mod group;
 
 #[cfg(test)]
 mod tests;

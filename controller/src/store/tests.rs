@@ -948,6 +948,190 @@ async fn concurrent_writers_get_a_gapless_log_and_unique_seqs() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submits_reply_after_a_flush_covers_them_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let before = store.commit_stats();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = store
+                    .submit(&spec(&format!("c{i:02}"), 0), "user/alice")
+                    .await
+                    .unwrap();
+                // Set only by a flush that started after the write, once
+                // it completed: the reply came after its data was on disk.
+                let durable = store.durable_event_seq();
+                assert!(
+                    durable >= s.event_seq,
+                    "submission with event {} acknowledged when only {durable} was flushed",
+                    s.event_seq
+                );
+                s.record.id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().to_string());
+    }
+    let stats = store.commit_stats();
+    assert_eq!(stats.writes - before.writes, 64);
+    let flushes = stats.flushes - before.flushes;
+    assert!(
+        (1..=64).contains(&flushes),
+        "{flushes} flushes for 64 writes"
+    );
+    drop(store);
+
+    let store = reopen(dir.path()).await;
+    ids.sort();
+    let mut queued = queue_ids(&store);
+    queued.sort();
+    assert_eq!(queued, ids, "every acknowledged submission survived");
+    let log: Vec<u64> = store
+        .events_from(1, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(log, (1..=64).collect::<Vec<u64>>());
+    assert_eq!(store.durable_event_seq(), 64);
+}
+
+/// Places `ids` on node n1, each with its epoch.
+async fn placed_all(store: &Store, ids: &[&str]) -> Vec<u64> {
+    let mut epochs = Vec::new();
+    for i in ids {
+        epochs.push(placed(store, i, "n1").await.epoch);
+    }
+    epochs
+}
+
+fn start_ack(i: &str, epoch: u64, crashes: u64) -> Batched {
+    Batched {
+        transition: Transition::new(id(i), Phase::Placing, Phase::Starting, "controller", "")
+            .fenced(epoch)
+            .start_run(RunStart::default())
+            .heat(Some(51.5), false),
+        observe: Some((
+            RunObservation {
+                crashes: Some(crashes),
+                peak_temp_c: None,
+                throttled: false,
+            },
+            "agent/n1".to_owned(),
+        )),
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_starts_are_stored_in_one_write_and_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let epochs = placed_all(&store, &["a", "b", "c"]).await;
+    let seq_before = store.last_event_seq();
+    let before = store.commit_stats();
+    let results = store
+        .record_transitions(&[
+            start_ack("a", epochs[0], 0),
+            start_ack("b", epochs[1], 2),
+            start_ack("c", epochs[2], 0),
+        ])
+        .await
+        .unwrap();
+    let after = store.commit_stats();
+    assert_eq!(after.writes - before.writes, 1, "one write");
+    assert_eq!(after.flushes - before.flushes, 1, "one flush");
+
+    let records: Vec<ExperimentRecord> = results.into_iter().map(|r| r.unwrap().record).collect();
+    for (rec, want) in records.iter().zip([0, 2, 0]) {
+        assert_eq!(rec.phase, Phase::Starting);
+        let run = rec.open_run().unwrap();
+        assert_eq!(run.epoch, rec.epoch);
+        assert_eq!(run.crashes, want, "the crash count is in the same write");
+        assert_eq!(run.peak_temp_c, Some(51.5));
+        assert_eq!(store.experiment(&rec.id).unwrap().as_ref(), Some(rec));
+    }
+    // Each start has its event, and the crash its own, all durable and
+    // gapless; a start without a crash wrote the record once.
+    let events = store.events_from(seq_before + 1, usize::MAX).unwrap();
+    let got: Vec<(u64, EventKind, String)> = events
+        .iter()
+        .map(|e| (e.seq, e.kind, e.experiment.as_ref().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (seq_before + 1, EventKind::PhaseChanged, "a".to_owned()),
+            (seq_before + 2, EventKind::PhaseChanged, "b".to_owned()),
+            (seq_before + 3, EventKind::Crashed, "b".to_owned()),
+            (seq_before + 4, EventKind::PhaseChanged, "c".to_owned()),
+        ]
+    );
+    assert_eq!(store.durable_event_seq(), seq_before + 4);
+    assert_eq!(records[0].revision + 1, records[1].revision);
+}
+
+#[tokio::test]
+async fn a_refused_start_in_a_batch_writes_nothing_and_leaves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let epochs = placed_all(&store, &["a", "b"]).await;
+    let b_before = store.experiment(&id("b")).unwrap().unwrap();
+    let results = store
+        .record_transitions(&[
+            start_ack("a", epochs[0], 0),
+            // A stale copy's acknowledgement.
+            start_ack("b", epochs[1] - 1, 0),
+            // Not placed anywhere.
+            start_ack("nope", 1, 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().record.phase, Phase::Starting);
+    assert!(matches!(results[1], Err(StoreError::StaleEpoch { .. })));
+    assert!(matches!(
+        results[2],
+        Err(StoreError::ExperimentNotFound { .. })
+    ));
+    assert_eq!(store.experiment(&id("b")).unwrap().unwrap(), b_before);
+
+    // A batch refused whole writes nothing and does not flush.
+    let dumped = dump(&store);
+    let before = store.commit_stats();
+    let results = store
+        .record_transitions(&[start_ack("a", epochs[0], 0)])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Err(StoreError::PhaseConflict { .. })));
+    assert_eq!(dump(&store), dumped);
+    assert_eq!(store.commit_stats(), before);
+}
+
+#[tokio::test]
+async fn an_observation_that_changes_nothing_writes_and_flushes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rec = running(&store, "a", "n1").await;
+    let dumped = dump(&store);
+    let before = store.commit_stats();
+    let obs = RunObservation {
+        crashes: Some(0),
+        peak_temp_c: None,
+        throttled: false,
+    };
+    let same = store
+        .observe_run(&rec.id, rec.epoch, obs, "agent/n1")
+        .await
+        .unwrap();
+    assert_eq!(same, rec);
+    assert_eq!(dump(&store), dumped);
+    assert_eq!(store.commit_stats(), before);
+}
+
 #[tokio::test]
 async fn node_events_stand_alone() {
     let dir = tempfile::tempdir().unwrap();
