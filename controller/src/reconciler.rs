@@ -27,7 +27,7 @@ use crate::model::{
 };
 use crate::scheduler::{self, Link, ModeInfo, NodeView, Policy};
 use crate::store::{
-    Batched, ExperimentRecord, RunChange, Store, StoreError, Transition, Transitioned,
+    Batched, ExperimentRecord, RecordCache, RunChange, Store, StoreError, Transition, Transitioned,
 };
 
 const ACTOR: &str = "controller";
@@ -76,6 +76,8 @@ pub struct Reconciler {
     /// the board's news of the switch arrived before the start or not.
     switched: Arc<Mutex<HashMap<(String, u64), v1::PowerMode>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Records decoded by the last pass's views.
+    records: RecordCache,
 }
 
 fn failure_of(st: &v1::ExperimentStatus) -> Option<Failure> {
@@ -114,6 +116,7 @@ impl Reconciler {
                 in_flight: BTreeSet::new(),
                 switched: Arc::default(),
                 metrics: Arc::default(),
+                records: RecordCache::default(),
             },
             done_rx,
         )
@@ -176,7 +179,17 @@ impl Reconciler {
         if pending.is_empty() {
             return self.redispatch_placing().await;
         }
-        let views = Self::views(&self.store, &self.links, &self.settings)?;
+        let views = {
+            let now = Instant::now();
+            let live = self.links.all_live();
+            let s = &self.settings;
+            let config = crate::live::ViewConfig {
+                slots_per_node: s.slots_per_node,
+            };
+            views_cached(&self.store, &config, &mut self.records, |name| {
+                live.get(name.as_str()).map(|l| node_live(l, now, s))
+            })?
+        };
         let policy = self.store.policy()?.map(|p| p.policy).unwrap_or_default();
         // What a pass stores for Explain: the nodes that matter and counts
         // for the rest (a full table per experiment is for people asking).
@@ -1042,17 +1055,30 @@ pub fn views_with(
     config: &crate::live::ViewConfig,
     live: impl Fn(&NodeName) -> Option<crate::live::NodeLive>,
 ) -> Result<Vec<NodeView>, StoreError> {
-    let experiments = store.experiments()?;
+    views_cached(store, config, &mut RecordCache::default(), live)
+}
+
+/// [`views_with`], decoding only the stored records that changed since
+/// `cache` last saw them (the reconciler keeps one across passes).
+pub fn views_cached(
+    store: &Store,
+    config: &crate::live::ViewConfig,
+    cache: &mut RecordCache,
+    live: impl Fn(&NodeName) -> Option<crate::live::NodeLive>,
+) -> Result<Vec<NodeView>, StoreError> {
+    let nodes = store.nodes_cached(cache)?;
+    // Only what is placed somewhere counts: queued and finished
+    // experiments are not read.
+    let experiments = store.experiments_cached(cache, nodes.iter().flat_map(|n| &n.experiments))?;
     let by_id: HashMap<&ExperimentId, &ExperimentRecord> =
         experiments.iter().map(|e| (&e.id, e)).collect();
-    Ok(store
-        .nodes()?
-        .into_iter()
+    Ok(nodes
+        .iter()
         .map(|n| {
             let l = live(&n.name);
             // Each node's own experiments, not the whole list per node.
             let here = n.experiments.iter().filter_map(|id| by_id.get(id).copied());
-            crate::wire::node_view(&n, l.as_ref(), here, config)
+            crate::wire::node_view(n, l.as_ref(), here, config)
         })
         .collect())
 }

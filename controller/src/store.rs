@@ -31,7 +31,7 @@
 //! rewrite; the scheduling part of a spec is copied into the record
 //! ([`Requirements`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
-use sled::Tree;
+use sled::{IVec, Tree};
 use tokio::sync::broadcast;
 
 use crate::model::{
@@ -464,6 +464,33 @@ pub struct Batched {
 pub struct CommitStats {
     pub writes: u64,
     pub flushes: u64,
+}
+
+/// Records decoded by an earlier read, each decoded again only when its
+/// stored bytes changed: a scheduling pass reads every node and what is
+/// placed on it, and most of them did not change since the last pass.
+/// Comparing the bytes is much cheaper than decoding them.
+#[derive(Default)]
+pub struct RecordCache {
+    nodes: HashMap<IVec, (IVec, NodeRecord)>,
+    experiments: HashMap<IVec, (IVec, ExperimentRecord)>,
+}
+
+/// The record stored as `bytes`, from `old` when it holds the same bytes
+/// (the entry moves to `new`).
+fn cached<T: DeserializeOwned + Versioned + Clone>(
+    tree: &'static str,
+    old: &mut HashMap<IVec, (IVec, T)>,
+    new: &mut HashMap<IVec, (IVec, T)>,
+    key: IVec,
+    bytes: IVec,
+) -> Result<T, StoreError> {
+    let rec = match old.remove(&key) {
+        Some((seen, rec)) if seen == bytes => rec,
+        _ => decode(tree, &key, &bytes)?,
+    };
+    new.insert(key, (bytes, rec.clone()));
+    Ok(rec)
 }
 
 /// The controller's store. Cheap to clone; every clone is the same store.
@@ -1260,6 +1287,44 @@ impl Store {
                 decode("nodes", &k, &v)
             })
             .collect()
+    }
+
+    /// Every node, by name, as [`Store::nodes`], decoding only the records
+    /// that changed since `cache` saw them.
+    pub fn nodes_cached(&self, cache: &mut RecordCache) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut old = std::mem::take(&mut cache.nodes);
+        let mut out = Vec::new();
+        for kv in self.inner.nodes.iter() {
+            let (k, v) = kv.map_err(StoreError::Sled)?;
+            out.push(cached("nodes", &mut old, &mut cache.nodes, k, v)?);
+        }
+        Ok(out)
+    }
+
+    /// The experiments of `ids` that exist, as [`Store::experiment`],
+    /// decoding only the records that changed since `cache` saw them; the
+    /// cache keeps only these.
+    pub fn experiments_cached<'a>(
+        &self,
+        cache: &mut RecordCache,
+        ids: impl IntoIterator<Item = &'a ExperimentId>,
+    ) -> Result<Vec<ExperimentRecord>, StoreError> {
+        let mut old = std::mem::take(&mut cache.experiments);
+        let mut out = Vec::new();
+        for id in ids {
+            let key = id.as_str().as_bytes();
+            let Some(v) = self.inner.experiments.get(key).map_err(StoreError::Sled)? else {
+                continue;
+            };
+            out.push(cached(
+                "experiments",
+                &mut old,
+                &mut cache.experiments,
+                IVec::from(key),
+                v,
+            )?);
+        }
+        Ok(out)
     }
 
     /// Applies `change` to a stored node; when it returns an event, the

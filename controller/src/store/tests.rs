@@ -1133,6 +1133,61 @@ async fn an_observation_that_changes_nothing_writes_and_flushes_nothing() {
 }
 
 #[tokio::test]
+async fn cached_reads_see_every_change_and_only_what_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut cache = RecordCache::default();
+    placed(&store, "a", "n1").await;
+    placed(&store, "b", "n2").await;
+    assert_eq!(
+        store.nodes_cached(&mut cache).unwrap(),
+        store.nodes().unwrap()
+    );
+    let ids = [id("a"), id("b"), id("gone")];
+    let read = |cache: &mut RecordCache| store.experiments_cached(cache, &ids).unwrap();
+    let first = read(&mut cache);
+    assert_eq!(
+        first,
+        vec![
+            store.experiment(&id("a")).unwrap().unwrap(),
+            store.experiment(&id("b")).unwrap().unwrap()
+        ]
+    );
+    assert_eq!(read(&mut cache), first, "unchanged records read the same");
+
+    // A change to a record and to a node is seen at the next read.
+    store
+        .cordon(&name("n2"), "fan", "user/alice")
+        .await
+        .unwrap();
+    let a = store.experiment(&id("a")).unwrap().unwrap();
+    store
+        .transition(
+            &Transition::new(id("a"), Phase::Placing, Phase::Starting, "controller", "")
+                .fenced(a.epoch)
+                .start_run(RunStart::default()),
+        )
+        .await
+        .unwrap();
+    let second = read(&mut cache);
+    assert_eq!(second[0].phase, Phase::Starting);
+    assert_eq!(second[0], store.experiment(&id("a")).unwrap().unwrap());
+    assert_eq!(second[1], first[1]);
+    let nodes = store.nodes_cached(&mut cache).unwrap();
+    assert_eq!(nodes, store.nodes().unwrap());
+    assert!(nodes[1].cordoned);
+
+    // A removed node is gone from the next read.
+    store.add_node(&new_node("n3"), "user/alice").await.unwrap();
+    assert_eq!(store.nodes_cached(&mut cache).unwrap().len(), 3);
+    store.remove_node(&name("n3"), "user/alice").await.unwrap();
+    assert_eq!(
+        store.nodes_cached(&mut cache).unwrap(),
+        store.nodes().unwrap()
+    );
+}
+
+#[tokio::test]
 async fn node_events_stand_alone() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
