@@ -56,6 +56,10 @@ impl Default for SamplingConfig {
     }
 }
 
+/// How often the sampler reads every experiment from systemd, not only the
+/// active ones.
+const FULL_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Whether new experiments may start; the guard sets it, starts read it.
 #[derive(Default)]
 pub struct Gate {
@@ -208,6 +212,7 @@ impl Node {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut cpu_prev: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut swept = Instant::now();
         loop {
             tick.tick().await;
             let sample = self.hw.lock().await.sample().await;
@@ -221,8 +226,16 @@ impl Node {
                 self.apply(t, &experiments, sample.power_mode.clone()).await;
             }
             // systemd is read only for active experiments; the others are
-            // as their latest refresh (a unit signal) left them.
-            let usage = match experiments.sample().await {
+            // as their latest refresh (a unit signal) left them. A signal
+            // lost to a full queue is made up for by reading every
+            // experiment now and then.
+            let read = if now.duration_since(swept) >= FULL_SWEEP {
+                swept = now;
+                experiments.list().await
+            } else {
+                experiments.sample().await
+            };
+            let usage = match read {
                 Ok(list) => list
                     .into_iter()
                     .map(|st| {
