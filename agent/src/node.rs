@@ -58,7 +58,7 @@ impl Default for SamplingConfig {
 
 /// How often the sampler reads every experiment from systemd, not only the
 /// active ones.
-const FULL_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+const FULL_SWEEP: Duration = Duration::from_secs(60);
 
 /// Whether new experiments may start; the guard sets it, starts read it.
 #[derive(Default)]
