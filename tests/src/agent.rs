@@ -22,14 +22,16 @@ use crate::testbed::Board;
 /// The agent binary: `FLEET_AGENT_BIN`, else the one cargo built beside the
 /// test executable, built on first use when missing.
 pub fn agent_bin() -> PathBuf {
-    workspace_bin("fleet-agent", "fleet-agent")
+    workspace_bin("fleet-agent")
 }
 
 /// A binary of this workspace: `FLEET_<NAME>_BIN` (`fleet-sim-nvpmodel` →
 /// `FLEET_SIM_NVPMODEL_BIN`), else the one cargo built beside the running
-/// executable, built with `cargo build -p <package> --bin <name>` on first
-/// use when missing.
-pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+/// executable. `cargo test --workspace` builds every one of them (each
+/// package with a binary has integration tests); one that is missing is
+/// built on first use, with every other binary of the workspace, in one
+/// `cargo build --workspace --bins`.
+pub fn workspace_bin(name: &str) -> PathBuf {
     static BINS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
     let mut bins = BINS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(bin) = bins.get(name) {
@@ -54,7 +56,7 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
             let bin = profile_dir.join(name);
             if !bin.exists() {
                 let status = std::process::Command::new(env!("CARGO"))
-                    .args(["build", "-p", package, "--bin", name])
+                    .args(["build", "--workspace", "--bins"])
                     .current_dir(env!("CARGO_MANIFEST_DIR"))
                     .status()
                     .unwrap_or_else(|e| panic!("run cargo build for {name}: {e}"));

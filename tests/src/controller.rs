@@ -109,21 +109,19 @@ impl ControllerHandle {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child =
-            tokio::process::Command::new(workspace_bin("fleet-controller", "fleet-controller"))
-                .arg("--config")
-                .arg(&self.config)
-                .env(
-                    "FLEET_LOG",
-                    std::env::var("FLEET_LOG")
-                        .unwrap_or_else(|_| "info,fleet_controller=debug".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .context("spawn fleet-controller")?;
+        let child = tokio::process::Command::new(workspace_bin("fleet-controller"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "FLEET_LOG",
+                std::env::var("FLEET_LOG").unwrap_or_else(|_| "info,fleet_controller=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn fleet-controller")?;
         self.child = Some(child);
         let text = wait_for(
             "the controller to bind its listener",

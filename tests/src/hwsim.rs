@@ -438,7 +438,7 @@ impl HwSim {
 
     /// The `fleet-sim-nvpmodel` binary the agent runs as `nvpmodel`.
     pub fn nvpmodel_bin() -> PathBuf {
-        crate::agent::workspace_bin("fleet-sim-nvpmodel", "fleet-testbed")
+        crate::agent::workspace_bin("fleet-sim-nvpmodel")
     }
 
     /// Where the agent runs `jetson_clocks` from. Nothing is there (the
@@ -463,7 +463,7 @@ impl HwSim {
             "#!/bin/sh\nFLEET_SIM_JETSON_CLOCKS_STATE={state:?} FLEET_SIM_JETSON_CLOCKS_SHOW={show:?} exec {bin:?} \"$@\"\n",
             state = self.root().join("jetson_clocks.state"),
             show = fixtures_dir().join(show),
-            bin = crate::agent::workspace_bin("fleet-sim-jetson-clocks", "fleet-testbed"),
+            bin = crate::agent::workspace_bin("fleet-sim-jetson-clocks"),
         );
         write_atomic(&path, script.as_bytes())?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;

@@ -489,7 +489,7 @@ async fn a_foreground_up_serves_fleetctl_and_stops_on_down() {
     // A plain `fleetctl nodes` works: fleet-dev made the dev fleet
     // fleetctl's default (there was no config of the person's own), and
     // its own copy works too.
-    let fleetctl = fleet_testbed::agent::workspace_bin("fleetctl", "fleetctl");
+    let fleetctl = fleet_testbed::agent::workspace_bin("fleetctl");
     for config in [None, Some(dir.join("fleetctl.toml"))] {
         let mut cmd = tokio::process::Command::new(&fleetctl);
         cmd.arg("nodes")

@@ -258,7 +258,7 @@ impl Fleet {
     /// Runs `fleetctl ARGS` in fleetctl's home with nothing of the caller's
     /// environment that could change its output.
     async fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = tokio::process::Command::new(workspace_bin("fleetctl", "fleetctl"));
+        let mut cmd = tokio::process::Command::new(workspace_bin("fleetctl"));
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("FLEET_") {

@@ -167,7 +167,7 @@ struct Certs {
 }
 
 fn fleetctl(args: &[&str]) {
-    let out = Command::new(workspace_bin("fleetctl", "fleetctl"))
+    let out = Command::new(workspace_bin("fleetctl"))
         .args(args)
         .env("NO_COLOR", "1")
         .output()
@@ -235,10 +235,10 @@ fn make_certs(node: &str) -> Certs {
 }
 
 /// A folder holding the workspace's binaries, as `--bin-dir` takes it.
-fn bin_dir(names: &[(&str, &str)]) -> tempfile::TempDir {
+fn bin_dir(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (name, package) in names {
-        fs::copy(workspace_bin(name, package), dir.path().join(name)).unwrap();
+    for name in names {
+        fs::copy(workspace_bin(name), dir.path().join(name)).unwrap();
     }
     dir
 }
@@ -290,7 +290,7 @@ fn agent_install_lays_down_the_documented_tree_once_and_uninstall_keeps_only_dat
     fs::create_dir(root.path().join("etc")).unwrap();
     fs::write(root.path().join("etc/nv_tegra_release"), R36_RELEASE).unwrap();
     let certs = make_certs("jetson-07");
-    let bins = bin_dir(&[("fleet-agent", "fleet-agent")]);
+    let bins = bin_dir(&["fleet-agent"]);
     let args = [
         "agent",
         "--root",
@@ -474,7 +474,7 @@ fn the_device_list_follows_the_l4t_release() {
     if !can_stage("device list") {
         return;
     }
-    let bins = bin_dir(&[("fleet-agent", "fleet-agent")]);
+    let bins = bin_dir(&["fleet-agent"]);
     let dropin = "usr/local/lib/systemd/system/brain-experiment@.service.d/20-jetson-devices.conf";
     for (release, expected) in [
         (
@@ -525,10 +525,7 @@ fn controller_install_is_idempotent_and_uninstall_keeps_its_data() {
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap().to_owned();
     let certs = make_certs("jetson-07");
-    let bins = bin_dir(&[
-        ("fleet-controller", "fleet-controller"),
-        ("fleetctl", "fleetctl"),
-    ]);
+    let bins = bin_dir(&["fleet-controller", "fleetctl"]);
     let args = [
         "controller",
         "--root",
@@ -604,7 +601,7 @@ fn the_installer_refuses_to_run_without_what_it_needs() {
     let r = root.path().to_str().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let e = empty.path().to_str().unwrap();
-    let bins = bin_dir(&[("fleet-agent", "fleet-agent")]);
+    let bins = bin_dir(&["fleet-agent"]);
     let b = bins.path().to_str().unwrap();
     for (args, message) in [
         (vec![], "say what to install: agent or controller"),
@@ -665,7 +662,7 @@ fn a_controller_address_the_agent_cannot_use_fails_the_install() {
     }
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap();
-    let bins = bin_dir(&[("fleet-agent", "fleet-agent")]);
+    let bins = bin_dir(&["fleet-agent"]);
     let out = install_sh(&[
         "agent",
         "--root",
@@ -753,7 +750,7 @@ fn every_shipped_config_file_parses() {
         // With no controller configured: whatever the machine's own
         // fleetctl settings say must not matter.
         let home = tempfile::tempdir().unwrap();
-        let out = Command::new(workspace_bin("fleetctl", "fleetctl"))
+        let out = Command::new(workspace_bin("fleetctl"))
             .args(["submit", "--dry-run"])
             .arg(entry.path())
             .env("HOME", home.path())

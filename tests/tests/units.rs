@@ -114,7 +114,7 @@ fn staged_agent_install() -> tempfile::TempDir {
     fs::write(root.path().join("etc/nv_tegra_release"), R36_RELEASE).unwrap();
     let bins = tempfile::tempdir().unwrap();
     fs::copy(
-        workspace_bin("fleet-agent", "fleet-agent"),
+        workspace_bin("fleet-agent"),
         bins.path().join("fleet-agent"),
     )
     .unwrap();
@@ -645,7 +645,7 @@ async fn the_agent_runs_under_its_shipped_unit_and_restarts_without_touching_exp
     // so the agent runs from a copy in the board's directory, as it would
     // from /usr/bin on a board.
     let installed_bin = board.dir().join("fleet-agent");
-    fs::copy(workspace_bin("fleet-agent", "fleet-agent"), &installed_bin).unwrap();
+    fs::copy(workspace_bin("fleet-agent"), &installed_bin).unwrap();
     fs::write(
         dropin.join("50-testbed.conf"),
         format!(
