@@ -85,6 +85,25 @@ impl ControllerTarget<'_> {
             }
         }
     }
+
+    /// A resumed stream the controller refused for now (`status`, a
+    /// transient one: it is still starting): says so, waits, and connects
+    /// again. `what` completes "the controller … yet".
+    async fn retry_stream(
+        &self,
+        what: &str,
+        status: &tonic::Status,
+        backoff: &mut Backoff,
+    ) -> Result<Client, CliError> {
+        let wait = backoff.next_wait();
+        notice(&format!(
+            "the controller {what} yet ({}); retrying in {}",
+            status.message(),
+            human_duration(wait)
+        ));
+        tokio::time::sleep(wait).await;
+        self.reconnect(backoff).await
+    }
 }
 
 /// A line on stderr that is not an error: the stream goes on.
@@ -463,14 +482,9 @@ async fn follow_events(
         let mut stream = match client.watch_events(request).await {
             Ok(r) => r.into_inner(),
             Err(s) if resuming && is_transient(&s) => {
-                let wait = backoff.next_wait();
-                notice(&format!(
-                    "the controller does not follow events yet ({}); retrying in {}",
-                    s.message(),
-                    human_duration(wait)
-                ));
-                tokio::time::sleep(wait).await;
-                client = target.reconnect(&mut backoff).await?;
+                client = target
+                    .retry_stream("does not follow events", &s, &mut backoff)
+                    .await?;
                 continue;
             }
             Err(s) => return Err(events_error(s, next)),
@@ -891,14 +905,9 @@ async fn logs(
         let mut stream = match client.logs(request).await {
             Ok(r) => r.into_inner(),
             Err(s) if resuming && is_transient(&s) => {
-                let wait = backoff.next_wait();
-                notice(&format!(
-                    "the controller does not pass the log on yet ({}); retrying in {}",
-                    s.message(),
-                    human_duration(wait)
-                ));
-                tokio::time::sleep(wait).await;
-                client = target.reconnect(&mut backoff).await?;
+                client = target
+                    .retry_stream("does not pass the log on", &s, &mut backoff)
+                    .await?;
                 continue;
             }
             Err(s) => return Err(CliError::rpc(&context, s)),
