@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fleet_proto::identity::Role;
 use fleet_proto::tls::Expect;
-use fleet_proto::v1::controller_client::ControllerClient;
+use fleet_proto::v1::{self, controller_client::ControllerClient};
 use tonic::transport::Channel;
 
 use crate::agent::{workspace_bin, AgentHandle};
 use crate::pki::{CertFiles, TestPki};
-use crate::poll::wait_for;
+use crate::poll::{wait_for, Check};
 
 /// Settings a test may change; the rest are the controller's defaults.
 #[derive(Debug, Clone)]
@@ -197,4 +197,83 @@ impl Drop for ControllerHandle {
             let _ = c.start_kill();
         }
     }
+}
+
+/// Waits until the controller lists `n` nodes, each connected, with its
+/// telemetry and its node info.
+pub async fn wait_nodes_connected(
+    admin: &ControllerClient<Channel>,
+    n: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    wait_for("every node connected", deadline, || {
+        let mut c = admin.clone();
+        async move {
+            let nodes = c
+                .list_nodes(v1::ListNodesRequest::default())
+                .await?
+                .into_inner()
+                .nodes;
+            let ok = nodes.len() == n
+                && nodes.iter().all(|n| {
+                    n.connection() == v1::NodeConnection::Connected
+                        && n.telemetry.is_some()
+                        && n.info.is_some()
+                });
+            Ok(if ok {
+                Check::Ready(())
+            } else {
+                Check::not_yet(format!(
+                    "{:?}",
+                    nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), n.connection(), n.telemetry.is_some()))
+                        .collect::<Vec<_>>()
+                ))
+            })
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// One experiment as the controller has it.
+pub async fn experiment(
+    admin: &ControllerClient<Channel>,
+    id: &str,
+) -> anyhow::Result<v1::Experiment> {
+    Ok(admin
+        .clone()
+        .get(v1::GetRequest { id: id.into() })
+        .await?
+        .into_inner())
+}
+
+/// Waits until experiment `id` satisfies `ok`, returning it.
+pub async fn wait_experiment(
+    admin: &ControllerClient<Channel>,
+    id: &str,
+    what: &str,
+    deadline: Duration,
+    ok: impl Fn(&v1::Experiment) -> bool,
+) -> anyhow::Result<v1::Experiment> {
+    Ok(wait_for(what, deadline, || {
+        let ok = &ok;
+        async move {
+            let e = experiment(admin, id).await?;
+            Ok(if ok(&e) {
+                Check::Ready(e)
+            } else {
+                Check::not_yet(format!(
+                    "{:?} on {:?} epoch {} reason {:?} runs {}",
+                    e.phase(),
+                    e.node,
+                    e.epoch,
+                    e.reason,
+                    e.runs.len()
+                ))
+            })
+        }
+    })
+    .await?)
 }

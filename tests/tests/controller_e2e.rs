@@ -9,7 +9,9 @@ use std::time::Duration;
 use fleet_proto::identity::Role;
 use fleet_proto::v1::{self, controller_client::ControllerClient, ExperimentPhase};
 use fleet_testbed::agent::{AgentHandle, AgentOptions};
-use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
+use fleet_testbed::controller::{
+    experiment, wait_experiment, wait_nodes_connected, ControllerHandle, ControllerOptions,
+};
 use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::TestPki;
 use fleet_testbed::poll::{wait_for, Check};
@@ -100,31 +102,9 @@ const FOREVER: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
 
 impl Fleet {
     async fn wait_connected(&self) {
-        wait_for("every node connected", DEADLINE, || {
-            let mut c = self.admin.clone();
-            async move {
-                let nodes = c
-                    .list_nodes(v1::ListNodesRequest::default())
-                    .await?
-                    .into_inner()
-                    .nodes;
-                let states: Vec<_> = nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.connection(), n.telemetry.is_some()))
-                    .collect();
-                let ok = nodes.len() == 3
-                    && nodes.iter().all(|n| {
-                        n.connection() == v1::NodeConnection::Connected && n.telemetry.is_some()
-                    });
-                Ok(if ok {
-                    Check::Ready(())
-                } else {
-                    Check::not_yet(format!("{states:?}"))
-                })
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        wait_nodes_connected(&self.admin, 3, DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     async fn submit(&self, spec: v1::ExperimentSpec) -> Result<v1::SubmitResponse, tonic::Status> {
@@ -139,12 +119,7 @@ impl Fleet {
     }
 
     async fn get(&self, id: &str) -> v1::Experiment {
-        self.admin
-            .clone()
-            .get(v1::GetRequest { id: id.into() })
-            .await
-            .expect("get")
-            .into_inner()
+        experiment(&self.admin, id).await.expect("get")
     }
 
     async fn wait(
@@ -153,26 +128,9 @@ impl Fleet {
         what: &str,
         ok: impl Fn(&v1::Experiment) -> bool,
     ) -> v1::Experiment {
-        wait_for(what, DEADLINE, || {
-            let ok = &ok;
-            async move {
-                let e = self.get(id).await;
-                Ok(if ok(&e) {
-                    Check::Ready(e)
-                } else {
-                    Check::not_yet(format!(
-                        "{:?} on {:?} epoch {} reason {:?} runs {}",
-                        e.phase(),
-                        e.node,
-                        e.epoch,
-                        e.reason,
-                        e.runs.len()
-                    ))
-                })
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
+        wait_experiment(&self.admin, id, what, DEADLINE, ok)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn index_of(&self, node: &str) -> usize {

@@ -20,10 +20,11 @@ use std::time::Duration;
 use fleet_proto::identity::Role;
 use fleet_proto::v1::{self, controller_client::ControllerClient, ExperimentPhase};
 use fleet_testbed::agent::{workspace_bin, AgentHandle, AgentOptions};
-use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
+use fleet_testbed::controller::{
+    wait_experiment, wait_nodes_connected, ControllerHandle, ControllerOptions,
+};
 use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::TestPki;
-use fleet_testbed::poll::{wait_for, Check};
 use fleet_testbed::testbed::{Board, Testbed};
 use tonic::transport::Channel;
 
@@ -159,45 +160,9 @@ impl Fleet {
     }
 
     async fn wait_connected(&self) {
-        let n = self.agents.len();
-        wait_for("every node connected", DEADLINE, || {
-            let mut c = self.admin.clone();
-            async move {
-                let nodes = c
-                    .list_nodes(v1::ListNodesRequest::default())
-                    .await?
-                    .into_inner()
-                    .nodes;
-                let ok = nodes.len() == n
-                    && nodes.iter().all(|n| {
-                        n.connection() == v1::NodeConnection::Connected
-                            && n.telemetry.is_some()
-                            && n.info.is_some()
-                    });
-                Ok(if ok {
-                    Check::Ready(())
-                } else {
-                    Check::not_yet(format!(
-                        "{:?}",
-                        nodes
-                            .iter()
-                            .map(|n| (n.name.clone(), n.connection()))
-                            .collect::<Vec<_>>()
-                    ))
-                })
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    }
-
-    async fn get(&self, id: &str) -> v1::Experiment {
-        self.admin
-            .clone()
-            .get(v1::GetRequest { id: id.into() })
+        wait_nodes_connected(&self.admin, self.agents.len(), DEADLINE)
             .await
-            .expect("get")
-            .into_inner()
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     async fn wait(
@@ -206,24 +171,9 @@ impl Fleet {
         what: &str,
         ok: impl Fn(&v1::Experiment) -> bool,
     ) -> v1::Experiment {
-        wait_for(what, DEADLINE, || {
-            let ok = &ok;
-            async move {
-                let e = self.get(id).await;
-                Ok(if ok(&e) {
-                    Check::Ready(e)
-                } else {
-                    Check::not_yet(format!(
-                        "{:?} on {:?} reason {:?}",
-                        e.phase(),
-                        e.node,
-                        e.reason
-                    ))
-                })
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"))
+        wait_experiment(&self.admin, id, what, DEADLINE, ok)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     async fn wait_phase(&self, id: &str, phase: ExperimentPhase) -> v1::Experiment {
