@@ -529,9 +529,9 @@ TimeoutStopSec=30s
             KillMode=mixed\n\
             SyslogIdentifier=brain-experiment-%i\n";
 
-        /// The tools these tests need, or `None` (with a notice) where they
-        /// are missing. With FLEET_REQUIRE_SYSTEMD=1 (CI) missing tools fail
-        /// the test instead: a skipped check must not pass for a run one.
+        /// The tools these tests need. Where the build saw them missing, the
+        /// tests are ignored (agent/build.rs); missing here fails the test: a
+        /// skipped check must not pass for a run one.
         struct Tools {
             analyze: PathBuf,
             manager: PathBuf,
@@ -543,7 +543,7 @@ TimeoutStopSec=30s
             candidates.iter().map(PathBuf::from).find(|p| p.is_file())
         }
 
-        fn tools() -> Option<Tools> {
+        fn tools() -> Tools {
             let root = std::fs::metadata("/proc/self")
                 .map(|m| m.uid() == 0)
                 .unwrap_or(false);
@@ -564,22 +564,19 @@ TimeoutStopSec=30s
             .into_iter()
             .filter_map(|(gone, what)| gone.then_some(what))
             .collect();
-            if missing.is_empty() {
-                return Some(Tools {
-                    analyze: analyze?,
-                    manager: manager?,
+            if let (true, Some(analyze), Some(manager)) = (missing.is_empty(), analyze, manager) {
+                return Tools {
+                    analyze,
+                    manager,
                     as_nobody: if root { setpriv } else { None },
-                });
+                };
             }
-            let message = format!(
+            // The build saw these tools and did not mark the test ignored
+            // (or it was run with --ignored): not having them is a failure.
+            panic!(
                 "cannot check unit files with systemd: {} not found",
                 missing.join(", ")
             );
-            if std::env::var("FLEET_REQUIRE_SYSTEMD").as_deref() == Ok("1") {
-                panic!("{message}; FLEET_REQUIRE_SYSTEMD=1 makes this an error");
-            }
-            eprintln!("notice: {message}; skipping (set FLEET_REQUIRE_SYSTEMD=1 to fail instead)");
-            None
         }
 
         /// A unit directory with the template and one instance's drop-in,
@@ -867,9 +864,13 @@ TimeoutStopSec=30s
             ]
         }
 
+        #[cfg_attr(
+            fleet_no_systemd_tools,
+            ignore = "needs systemd's programs; see the build warning"
+        )]
         #[test]
         fn systemd_reads_back_the_same_command_and_environment() {
-            let Some(tools) = tools() else { return };
+            let tools = tools();
             let program = "/opt/my tools/run%i.py";
             let spec = tricky_spec(program);
             let dir = UnitDir::new(
@@ -921,11 +922,15 @@ TimeoutStopSec=30s
             assert_eq!(dumped(&section, "TimeoutStopSec"), ["45s"]);
         }
 
+        #[cfg_attr(
+            fleet_no_systemd_tools,
+            ignore = "needs systemd's programs; see the build warning"
+        )]
         #[test]
         fn systemd_takes_a_bare_program_name() {
             // systemd looks the name up in its own search path when it
             // starts the process (verify below checks that it finds it).
-            let Some(tools) = tools() else { return };
+            let tools = tools();
             let spec = spec_with(|w| w.command = strings(&["sh", "-c", "exit 0"]));
             let dir = UnitDir::new(&spec, &render_dropin(&spec, None, 1));
             let section = dir.dump(&tools);
@@ -938,9 +943,13 @@ TimeoutStopSec=30s
             assert_eq!(dumped(&section, "RuntimeMaxSec"), ["infinity"]);
         }
 
+        #[cfg_attr(
+            fleet_no_systemd_tools,
+            ignore = "needs systemd's programs; see the build warning"
+        )]
         #[test]
         fn systemd_analyze_verify_accepts_the_drop_in() {
-            let Some(tools) = tools() else { return };
+            let tools = tools();
             for spec in [
                 tricky_spec("/bin/sh"),
                 spec_with(|w| {
@@ -959,10 +968,14 @@ TimeoutStopSec=30s
             }
         }
 
+        #[cfg_attr(
+            fleet_no_systemd_tools,
+            ignore = "needs systemd's programs; see the build warning"
+        )]
         #[test]
         fn a_broken_drop_in_is_caught() {
             // The checks above can fail: systemd's complaints reach them.
-            let Some(tools) = tools() else { return };
+            let tools = tools();
             let spec = spec_with(|_| {});
             let broken = format!(
                 "{}Environment=\"BAD NAME=1\"\n",

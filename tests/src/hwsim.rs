@@ -48,18 +48,18 @@ use tokio::time::Instant;
 
 use crate::testbed::Board;
 
-/// Overrides where the shared fixtures are.
+/// Overrides where the Jetson fixtures are.
 pub const FIXTURES_VAR: &str = "FLEET_FIXTURES_DIR";
 
 /// What an offline zone reads on L4T R35 (the DLA/PVA/GPU zones when idle).
 const OFFLINE_MILLI: i64 = -256_000;
 
-/// The fixtures shared by the project's tests: `FLEET_FIXTURES_DIR`, else
-/// `shared/fixtures` beside the repository.
+/// The Jetson fixtures the project's tests and the dev fleet use:
+/// `FLEET_FIXTURES_DIR`, else `tests/fixtures/jetson` in the repository.
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os(FIXTURES_VAR)
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/jetson"))
 }
 
 /// The fixture board a simulated board is copied from.

@@ -30,11 +30,13 @@ fn forever(id: &str, autostart: bool) -> v1::ExperimentSpec {
     }
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_bulk_start_stop() {
-    let Some(mut bed) = Testbed::new("bulk").await else {
-        return;
-    };
+    let mut bed = Testbed::new("bulk").await;
     let board = bed.add_board("bulk-b").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let agent = AgentHandle::start(&board, &pki, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 12)))
@@ -126,11 +128,13 @@ async fn health_and_bulk_start_stop() {
     bed.shutdown().await.expect("teardown");
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_runtime_ends_the_experiment_without_a_restart() {
-    let Some(mut bed) = Testbed::new("runtime").await else {
-        return;
-    };
+    let mut bed = Testbed::new("runtime").await;
     let board = bed.add_board("runtime-b").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let agent = AgentHandle::start(&board, &pki, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 13)))
@@ -172,15 +176,17 @@ async fn max_runtime_ends_the_experiment_without_a_restart() {
     bed.shutdown().await.expect("teardown");
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_show_zones_power_and_experiments() {
     use fleet_testbed::agent::AgentOptions;
     use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let Some(mut bed) = Testbed::new("metrics").await else {
-        return;
-    };
+    let mut bed = Testbed::new("metrics").await;
     let board = bed.add_board("metrics-b").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let sim = HwSim::install(

@@ -28,21 +28,21 @@ struct Fixture {
 
 /// A board with an agent on 127.0.0.<n>, or `None` when the machine cannot
 /// run systemd and the run does not require it.
-async fn fixture(name: &str, n: u8) -> Option<Fixture> {
-    let mut bed = Testbed::new(name).await?;
+async fn fixture(name: &str, n: u8) -> Fixture {
+    let mut bed = Testbed::new(name).await;
     let board = bed.add_board(&format!("{name}-b")).await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let agent = AgentHandle::start(&board, &pki, IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
         .await
         .expect("agent");
     let admin = agent.client(&pki, Role::Admin).await.expect("admin client");
-    Some(Fixture {
+    Fixture {
         bed,
         board,
         pki,
         agent,
         admin,
-    })
+    }
 }
 
 impl Fixture {
@@ -139,11 +139,13 @@ async fn logs(c: &mut AgentClient<Channel>, id: &str) -> Vec<String> {
     out
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_and_exit_zero_is_succeeded() {
-    let Some(mut f) = fixture("logs", 2).await else {
-        return;
-    };
+    let mut f = fixture("logs", 2).await;
     let st = start(
         &mut f.admin,
         sh(
@@ -214,11 +216,13 @@ async fn logs_follow_and_exit_zero_is_succeeded() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_restart_until_the_limit_and_the_count_survives_the_agent() {
-    let Some(mut f) = fixture("crash", 3).await else {
-        return;
-    };
+    let mut f = fixture("crash", 3).await;
     let mut s = sh("crasher", "echo boom; exit 3");
     s.lifecycle.as_mut().unwrap().max_restarts = Some(2);
     start(&mut f.admin, s, 0).await.unwrap();
@@ -253,11 +257,13 @@ async fn crashes_restart_until_the_limit_and_the_count_survives_the_agent() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_is_killed_and_reported_as_oom() {
-    let Some(mut f) = fixture("oom", 4).await else {
-        return;
-    };
+    let mut f = fixture("oom", 4).await;
     // awk doubles a string until the kernel kills it: no shell in between,
     // so the main process itself dies.
     let mut s = spec(
@@ -281,11 +287,13 @@ async fn a_memory_hog_is_killed_and_reported_as_oom() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_sends_sigterm_and_kills_after_the_stop_timeout() {
-    let Some(mut f) = fixture("stop", 5).await else {
-        return;
-    };
+    let mut f = fixture("stop", 5).await;
     start(
         &mut f.admin,
         sh(
@@ -347,11 +355,13 @@ async fn stop_sends_sigterm_and_kills_after_the_stop_timeout() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_agent_leaves_the_experiment_running() {
-    let Some(mut f) = fixture("kill", 6).await else {
-        return;
-    };
+    let mut f = fixture("kill", 6).await;
     start(
         &mut f.admin,
         sh("steady", "while true; do sleep 1; done"),
@@ -379,11 +389,13 @@ async fn kill_9_of_the_agent_leaves_the_experiment_running() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autostart_survives_a_reboot_and_only_then() {
-    let Some(mut f) = fixture("boot", 7).await else {
-        return;
-    };
+    let mut f = fixture("boot", 7).await;
     let mut keep = sh("keeper", "while true; do sleep 1; done");
     keep.lifecycle.as_mut().unwrap().autostart = true;
     start(&mut f.admin, keep, 0).await.unwrap();
@@ -445,11 +457,13 @@ async fn autostart_survives_a_reboot_and_only_then() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_fence_and_repeated_starts_are_idempotent() {
-    let Some(mut f) = fixture("epoch", 8).await else {
-        return;
-    };
+    let mut f = fixture("epoch", 8).await;
     let s = sh("fenced", "while true; do sleep 1; done");
     start(&mut f.admin, s.clone(), 5).await.unwrap();
     let first = wait_state(&f.admin, "fenced", "fenced to run", |s| {
@@ -480,11 +494,13 @@ async fn epochs_fence_and_repeated_starts_are_idempotent() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_and_roles_are_enforced() {
-    let Some(mut f) = fixture("authz", 9).await else {
-        return;
-    };
+    let mut f = fixture("authz", 9).await;
     start(
         &mut f.admin,
         sh("guarded", "while true; do sleep 1; done"),
@@ -562,11 +578,13 @@ async fn mtls_and_roles_are_enforced() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_writes_nothing() {
-    let Some(mut f) = fixture("input", 10).await else {
-        return;
-    };
+    let mut f = fixture("input", 10).await;
     let good = sh("fine", "true");
     let mut cases: Vec<(&str, v1::ExperimentSpec)> = Vec::new();
     let mut s = good.clone();
@@ -649,11 +667,13 @@ async fn bad_input_is_refused_and_writes_nothing() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_start_crash_and_stop_in_order() {
-    let Some(mut f) = fixture("watch", 11).await else {
-        return;
-    };
+    let mut f = fixture("watch", 11).await;
     let mut events = f
         .admin
         .watch_experiments(v1::WatchExperimentsRequest { id: "flaky".into() })
@@ -709,11 +729,13 @@ async fn watch_reports_start_crash_and_stop_in_order() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_epoch_after_an_end_is_not_reported_as_that_end() {
-    let Some(mut f) = fixture("rerun", 12).await else {
-        return;
-    };
+    let mut f = fixture("rerun", 12).await;
     // The first run crashes once, then succeeds.
     let flag = f.board.dir().join("rerun-crashed");
     let once = format!(

@@ -32,13 +32,13 @@ struct Fleet {
     admin: ControllerClient<Channel>,
 }
 
-async fn fleet(name: &str, net: u8, opts: ControllerOptions) -> Option<Fleet> {
+async fn fleet(name: &str, net: u8, opts: ControllerOptions) -> Fleet {
     fleet_of(name, net, opts, Fixture::AgxOrinR36).await
 }
 
 /// Three boards of `fixture`.
-async fn fleet_of(name: &str, net: u8, opts: ControllerOptions, fixture: Fixture) -> Option<Fleet> {
-    let mut bed = Testbed::new(name).await?;
+async fn fleet_of(name: &str, net: u8, opts: ControllerOptions, fixture: Fixture) -> Fleet {
+    let mut bed = Testbed::new(name).await;
     let names: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let boards = bed.add_boards(&refs).await.expect("boards");
@@ -82,7 +82,7 @@ async fn fleet_of(name: &str, net: u8, opts: ControllerOptions, fixture: Fixture
         admin,
     };
     f.wait_connected().await;
-    Some(f)
+    f
 }
 
 fn sh(id: &str, script: &str) -> v1::ExperimentSpec {
@@ -176,15 +176,17 @@ fn running(e: &v1::Experiment) -> bool {
     e.phase() == ExperimentPhase::Running
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_avoids_hot_and_busy_boards_and_explains_why() {
     let opts = ControllerOptions {
         slots_per_node: 1,
         ..Default::default()
     };
-    let Some(f) = fleet("place", 20, opts).await else {
-        return;
-    };
+    let f = fleet("place", 20, opts).await;
     let hot = f.boards[0].name().to_owned();
     let busy = f.boards[1].name().to_owned();
     let free = f.boards[2].name().to_owned();
@@ -291,11 +293,13 @@ async fn placement_avoids_hot_and_busy_boards_and_explains_why() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
-    let Some(mut f) = fleet("storm", 21, ControllerOptions::default()).await else {
-        return;
-    };
+    let mut f = fleet("storm", 21, ControllerOptions::default()).await;
     for i in 0..3 {
         f.submit(sh(&format!("steady-{i}"), FOREVER)).await.unwrap();
     }
@@ -371,11 +375,13 @@ async fn kill_9_of_the_controller_loses_no_submission_and_restarts_nothing() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_board_requeues_its_experiment_elsewhere_as_a_disruption() {
-    let Some(f) = fleet("critical", 22, ControllerOptions::default()).await else {
-        return;
-    };
+    let f = fleet("critical", 22, ControllerOptions::default()).await;
     f.submit(sh("nomad", FOREVER)).await.unwrap();
     let first = f.wait("nomad", "nomad to run", running).await;
     let i = f.index_of(&first.node);
@@ -396,11 +402,13 @@ async fn a_critical_board_requeues_its_experiment_elsewhere_as_a_disruption() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_wait_lets_work_finish_and_drain_requeue_moves_it() {
-    let Some(f) = fleet("drain", 23, ControllerOptions::default()).await else {
-        return;
-    };
+    let f = fleet("drain", 23, ControllerOptions::default()).await;
     f.submit(sh("mover", FOREVER)).await.unwrap();
     let a = f.wait("mover", "mover to run", running).await;
     let r = f
@@ -445,11 +453,13 @@ async fn drain_wait_lets_work_finish_and_drain_requeue_moves_it() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_replays_from_the_start_then_follows() {
-    let Some(f) = fleet("events", 24, ControllerOptions::default()).await else {
-        return;
-    };
+    let f = fleet("events", 24, ControllerOptions::default()).await;
     f.submit(sh("early", "true")).await.unwrap();
     f.wait("early", "early to succeed", |e| {
         e.phase() == ExperimentPhase::Succeeded
@@ -506,11 +516,13 @@ async fn watch_events_replays_from_the_start_then_follows() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_refused_and_leave_nothing() {
-    let Some(f) = fleet("badspec", 25, ControllerOptions::default()).await else {
-        return;
-    };
+    let f = fleet("badspec", 25, ControllerOptions::default()).await;
     let mut cases = Vec::new();
     let mut s = sh("pin-nowhere", "true");
     s.placement = Some(v1::Placement {
@@ -565,6 +577,10 @@ async fn bad_specs_are_refused_and_leave_nothing() {
     f.finish().await;
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_agent_is_lost_its_work_moves_and_the_stale_copy_is_stopped() {
     let opts = ControllerOptions {
@@ -572,9 +588,7 @@ async fn a_stopped_agent_is_lost_its_work_moves_and_the_stale_copy_is_stopped() 
         node_lost_after_s: 4,
         ..Default::default()
     };
-    let Some(f) = fleet("lost", 26, opts).await else {
-        return;
-    };
+    let f = fleet("lost", 26, opts).await;
     f.submit(sh("wanderer", FOREVER)).await.unwrap();
     let first = f.wait("wanderer", "wanderer to run", running).await;
     let i = f.index_of(&first.node);
@@ -674,15 +688,17 @@ fn nodes_by_state(samples: &BTreeMap<String, f64>) -> [f64; 4] {
     })
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_queue_placements_their_latency_and_nodes_by_state() {
     let opts = ControllerOptions {
         heartbeat_timeout_s: 2,
         ..Default::default()
     };
-    let Some(mut f) = fleet("metrics", 27, opts).await else {
-        return;
-    };
+    let mut f = fleet("metrics", 27, opts).await;
     // Metrics are off by default: turn them on (a top-level key, before the
     // first section) and start the controller again on the same store.
     let ip = f.ctl.addr.ip();
@@ -786,11 +802,13 @@ async fn metrics_count_the_queue_placements_their_latency_and_nodes_by_state() {
 /// An experiment placed again on the board it just left (a restart, a drain
 /// with requeue then uncordon, when it is pinned there) runs again: the
 /// end of its previous run on that board is not taken for the new run's.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_experiment_restarts_on_its_board() {
-    let Some(f) = fleet("again", 28, ControllerOptions::default()).await else {
-        return;
-    };
+    let f = fleet("again", 28, ControllerOptions::default()).await;
     let node = f.boards[1].name().to_owned();
     let mut spec = sh("again", FOREVER);
     spec.placement = Some(v1::Placement {
@@ -867,11 +885,13 @@ async fn thermal_state(f: &Fleet, node: &str) -> Option<v1::ThermalState> {
 /// A run that went through warn keeps its peak and `throttled` in its
 /// record, through a controller killed with -9 and after the board cooled
 /// down; a run on a board that stayed cool is not throttled.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_records_its_peak_temperature_and_that_it_was_throttled() {
-    let Some(mut f) = fleet("peak", 29, ControllerOptions::default()).await else {
-        return;
-    };
+    let mut f = fleet("peak", 29, ControllerOptions::default()).await;
     let hot_node = f.boards[0].name().to_owned();
     let cool_node = f.boards[1].name().to_owned();
     for (id, node) in [("warm", &hot_node), ("calm", &cool_node)] {
@@ -955,11 +975,13 @@ async fn a_run_records_its_peak_temperature_and_that_it_was_throttled() {
 
 /// An experiment that asks for another power mode runs in it, and its run
 /// record says so: the controller switches the board first, then starts it.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_records_the_power_mode_the_controller_switched_to() {
-    let Some(f) = fleet_of("mode", 30, ControllerOptions::default(), Fixture::OrinNx).await else {
-        return;
-    };
+    let f = fleet_of("mode", 30, ControllerOptions::default(), Fixture::OrinNx).await;
     let (modes, default) = Fixture::OrinNx.power_modes();
     let default_name = modes.iter().find(|m| m.0 == default).unwrap().1;
     assert_eq!(default_name, "40W");

@@ -124,11 +124,13 @@ async fn wait_log(agent: &AgentHandle, what: &str, needle: &str) -> String {
     .unwrap_or_else(|e| panic!("{e:#} (agent log {})", agent.log.display()))
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_joins_a_controller_that_knows_no_node_and_runs_its_experiment() {
-    let Some(mut bed) = Testbed::new("enrol").await else {
-        return;
-    };
+    let mut bed = Testbed::new("enrol").await;
     let board = bed.add_board("enrol-a").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let ctl = empty_controller(&bed, &pki, 40).await;
@@ -217,11 +219,13 @@ async fn a_board_joins_a_controller_that_knows_no_node_and_runs_its_experiment()
     bed.shutdown().await.expect("teardown");
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_while_the_controller_is_down_succeeds_once_it_starts() {
-    let Some(mut bed) = Testbed::new("enrol-down").await else {
-        return;
-    };
+    let mut bed = Testbed::new("enrol-down").await;
     let board = bed.add_board("enrol-b").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     // The controller's address, kept across its restarts; then it goes down.
@@ -274,11 +278,13 @@ async fn a_join_while_the_controller_is_down_succeeds_once_it_starts() {
     bed.shutdown().await.expect("teardown");
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_certificate_names_another_node_does_not_start() {
-    let Some(mut bed) = Testbed::new("enrol-wrong").await else {
-        return;
-    };
+    let mut bed = Testbed::new("enrol-wrong").await;
     let board = bed.add_board("enrol-c").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let ctl = empty_controller(&bed, &pki, 42).await;
@@ -335,11 +341,13 @@ async fn an_agent_whose_certificate_names_another_node_does_not_start() {
     bed.shutdown().await.expect("teardown");
 }
 
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_of_the_controllers_config_that_joins_keeps_its_configured_address() {
-    let Some(mut bed) = Testbed::new("enrol-cfg").await else {
-        return;
-    };
+    let mut bed = Testbed::new("enrol-cfg").await;
     let board = bed.add_board("enrol-d").await.expect("board");
     let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
     let mut agent =

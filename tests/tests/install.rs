@@ -7,9 +7,9 @@
 //! shellcheck.
 //!
 //! Staged installs need no root and no running systemd, only `systemctl`
-//! (for `--root` enabling) and `systemd-sysusers`. Where those are missing the
-//! tests say so and pass, unless FLEET_REQUIRE_SYSTEMD=1 (CI) makes it a
-//! failure.
+//! (for `--root` enabling) and `systemd-sysusers`. Where those are missing,
+//! cargo reports the tests as ignored (tests/build.rs), unless
+//! FLEET_REQUIRE_SYSTEMD=1 (CI) makes them run and fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -19,7 +19,6 @@ use std::process::{Command, Output};
 
 use fleet_agent::config::AgentConfig;
 use fleet_testbed::agent::workspace_bin;
-use fleet_testbed::testbed::REQUIRE_VAR;
 
 /// The first line of a JetPack 6 board's /etc/nv_tegra_release.
 const R36_RELEASE: &str =
@@ -37,9 +36,10 @@ fn read(path: impl AsRef<Path>) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Whether this machine has what a staged install needs; `false` (with a
-/// notice) lets a test pass elsewhere, unless FLEET_REQUIRE_SYSTEMD=1.
-fn can_stage(test: &str) -> bool {
+/// Fails the test, naming what is missing, when this machine lacks what a
+/// staged install needs (the build marks these tests ignored where it saw
+/// that, tests/build.rs).
+fn require_staging_tools(test: &str) {
     let missing: Vec<&str> = ["systemctl", "systemd-sysusers", "bash"]
         .into_iter()
         .filter(|tool| {
@@ -49,16 +49,7 @@ fn can_stage(test: &str) -> bool {
                 .is_ok_and(|o| o.status.success())
         })
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var(REQUIRE_VAR).as_deref(),
-        Ok("1"),
-        "{REQUIRE_VAR}=1 but {missing:?} are not installed"
-    );
-    eprintln!("SKIPPED {test}: {missing:?} are not installed");
-    false
+    assert!(missing.is_empty(), "{test}: {missing:?} are not installed");
 }
 
 /// Runs `deploy/install.sh ARGS`; its output, whatever the exit status.
@@ -280,11 +271,13 @@ const AGENT_DATA: &[&str] = &[
     "etc/fleet/crl.pem",
 ];
 
+#[cfg_attr(
+    fleet_no_systemd_tools,
+    ignore = "needs systemd's programs; see the build warning"
+)]
 #[test]
 fn agent_install_lays_down_the_documented_tree_once_and_uninstall_keeps_only_data() {
-    if !can_stage("agent install") {
-        return;
-    }
+    require_staging_tools("agent install");
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap().to_owned();
     fs::create_dir(root.path().join("etc")).unwrap();
@@ -469,11 +462,13 @@ fn agent_install_lays_down_the_documented_tree_once_and_uninstall_keeps_only_dat
     assert!(!purged.contains_key("etc/fleet"));
 }
 
+#[cfg_attr(
+    fleet_no_systemd_tools,
+    ignore = "needs systemd's programs; see the build warning"
+)]
 #[test]
 fn the_device_list_follows_the_l4t_release() {
-    if !can_stage("device list") {
-        return;
-    }
+    require_staging_tools("device list");
     let bins = bin_dir(&["fleet-agent"]);
     let dropin = "usr/local/lib/systemd/system/brain-experiment@.service.d/20-jetson-devices.conf";
     for (release, expected) in [
@@ -517,11 +512,13 @@ fn the_device_list_follows_the_l4t_release() {
     }
 }
 
+#[cfg_attr(
+    fleet_no_systemd_tools,
+    ignore = "needs systemd's programs; see the build warning"
+)]
 #[test]
 fn controller_install_is_idempotent_and_uninstall_keeps_its_data() {
-    if !can_stage("controller install") {
-        return;
-    }
+    require_staging_tools("controller install");
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap().to_owned();
     let certs = make_certs("jetson-07");
@@ -592,11 +589,13 @@ fn controller_install_is_idempotent_and_uninstall_keeps_its_data() {
     );
 }
 
+#[cfg_attr(
+    fleet_no_systemd_tools,
+    ignore = "needs systemd's programs; see the build warning"
+)]
 #[test]
 fn the_installer_refuses_to_run_without_what_it_needs() {
-    if !can_stage("refusals") {
-        return;
-    }
+    require_staging_tools("refusals");
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap();
     let empty = tempfile::tempdir().unwrap();
@@ -655,11 +654,13 @@ fn the_installer_refuses_to_run_without_what_it_needs() {
     assert!(snapshot(root.path()).is_empty());
 }
 
+#[cfg_attr(
+    fleet_no_systemd_tools,
+    ignore = "needs systemd's programs; see the build warning"
+)]
 #[test]
 fn a_controller_address_the_agent_cannot_use_fails_the_install() {
-    if !can_stage("bad controller address") {
-        return;
-    }
+    require_staging_tools("bad controller address");
     let root = tempfile::tempdir().unwrap();
     let r = root.path().to_str().unwrap();
     let bins = bin_dir(&["fleet-agent"]);
@@ -705,18 +706,17 @@ fn shell_scripts() -> Vec<PathBuf> {
     scripts
 }
 
+#[cfg_attr(
+    fleet_no_shellcheck,
+    ignore = "needs shellcheck (apt-get install shellcheck)"
+)]
 #[test]
 fn the_shell_scripts_pass_shellcheck() {
     let found = Command::new("shellcheck").arg("--version").output();
-    if found.is_err() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but shellcheck is not installed (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: shellcheck is not installed (apt-get install shellcheck)");
-        return;
-    }
+    assert!(
+        found.is_ok(),
+        "shellcheck is not installed (apt-get install shellcheck)"
+    );
     for script in shell_scripts() {
         assert!(script.is_file(), "{} is missing", script.display());
         let mode = fs::metadata(&script).unwrap().permissions().mode();

@@ -5,7 +5,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,9 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(relative)
+    fleet_testbed::hwsim::fixtures_dir().join(relative)
 }
 
 fn fixture_text(relative: &str) -> String {

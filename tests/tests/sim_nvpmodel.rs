@@ -1,10 +1,10 @@
 //! `fleet-sim-nvpmodel` against the real `nvpmodel` contract: its raw output compared
-//! with the captures in the shared fixtures, and the agent's own nvpmodel runner driving
+//! with the captures in the repository's fixtures, and the agent's own nvpmodel runner driving
 //! it (query, switch, the reboot prompt, NVPM ERROR failures).
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,7 +27,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    fleet_testbed::hwsim::fixtures_dir()
 }
 
 fn fixture_text(relative: &str) -> String {

@@ -1,4 +1,4 @@
-//! Test support: the shared Jetson fixtures, copied into a temporary directory with
+//! Test support: the repository's Jetson fixtures (`tests/fixtures/jetson`), copied into a temporary directory with
 //! their symlinks made real, and small stand-in programs for nvpmodel/jetson_clocks.
 //!
 //! The fixture trees may arrive with each symlink flattened into a regular file that
@@ -11,9 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The shared fixtures directory, beside the repository.
+/// The Jetson fixtures in the repository (`tests/fixtures/jetson`), or
+/// `FLEET_FIXTURES_DIR` when set.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    std::env::var_os("FLEET_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jetson"))
 }
 
 /// A path inside the fixtures.
