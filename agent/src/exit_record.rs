@@ -77,6 +77,7 @@ impl ExitRecord {
             oom,
             ended_us: self.at_us,
             invocation_id: self.invocation_id.clone(),
+            shutdown: false,
         }
     }
 

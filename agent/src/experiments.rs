@@ -704,7 +704,8 @@ impl Experiments {
                     && o.exec_main_status == p.exec_main_status
             });
             if !known {
-                if let Some(o) = self.ended(&unit, p) {
+                if let Some(mut o) = self.ended(&unit, p) {
+                    self.mark_shutdown(&mut rec, &mut o).await;
                     rec.last_outcome = Some(o);
                     dirty = true;
                 }
@@ -737,7 +738,9 @@ impl Experiments {
                         || r.code == "exited" && r.status == "137";
                     let oom = r.result == "oom-kill"
                         || killed && crate::oom::killed_since(&self.paths.kmsg, &unit, 0);
-                    rec.last_outcome = Some(r.outcome(oom));
+                    let mut o = r.outcome(oom);
+                    self.mark_shutdown(&mut rec, &mut o).await;
+                    rec.last_outcome = Some(o);
                     rec.superseded_invocation = None;
                     dirty = true;
                 }
@@ -750,6 +753,31 @@ impl Experiments {
         self.latest.lock().expect("not poisoned").put(seq, &st);
         self.emit(&st);
         Ok(st)
+    }
+
+    /// A run that died of a clean-exit signal the agent did not send ended
+    /// in the board's shutdown when the manager is stopping, or when it
+    /// ended before the manager that runs now started (the agent was down
+    /// with the board). Such a run is a disruption, counted once.
+    async fn mark_shutdown(&self, rec: &mut Record, o: &mut crate::store::Outcome) {
+        if rec.desired != Desired::Running || !status::unrequested_signal(o) {
+            return;
+        }
+        let before_boot = self
+            .systemd
+            .started_us()
+            .await
+            .is_some_and(|boot| o.ended_us < boot);
+        o.shutdown = before_boot || self.systemd.is_stopping().await;
+        if o.shutdown {
+            rec.disruptions += 1;
+        }
+        tracing::info!(
+            experiment = %rec.id,
+            signal = o.exec_main_status,
+            shutdown = o.shutdown,
+            "the run died of a signal the agent did not send"
+        );
     }
 
     /// The unit's current or last invocation: systemd's, or, for a unit

@@ -114,7 +114,17 @@ pub fn outcome_of(p: &UnitProps, oom: bool, now_us: u64) -> Outcome {
         oom,
         ended_us: p.inactive_enter_us.unwrap_or(now_us),
         invocation_id: p.invocation_id.clone(),
+        shutdown: false,
     }
+}
+
+/// A run that died of a signal systemd counts as a clean exit (SIGTERM,
+/// SIGHUP, SIGINT, SIGPIPE: result `success`). When the agent did not stop
+/// the unit, someone or something else sent it: a board's shutdown, a
+/// `kill`, a `systemctl stop`. That is not a success.
+pub fn unrequested_signal(o: &Outcome) -> bool {
+    matches!(o.exec_main_code, CLD_KILLED | CLD_DUMPED)
+        && matches!(o.result.as_str(), "success" | "")
 }
 
 fn signal_name(sig: i32) -> String {
@@ -127,8 +137,11 @@ fn signal_name(sig: i32) -> String {
         7 => "SIGBUS",
         8 => "SIGFPE",
         9 => "SIGKILL",
+        10 => "SIGUSR1",
         11 => "SIGSEGV",
+        12 => "SIGUSR2",
         13 => "SIGPIPE",
+        14 => "SIGALRM",
         15 => "SIGTERM",
         _ => return format!("signal {sig}"),
     };
@@ -239,6 +252,16 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
         st.failure = failure;
         st.failure_message = msg;
         st.result = o.result.clone();
+        if unrequested_signal(o) {
+            let name = signal_name(sig.unwrap_or(0));
+            st.failure = Failure::Signal;
+            if o.shutdown {
+                st.failure_message = format!("interrupted by the board's shutdown ({name})");
+                return State::Disrupted;
+            }
+            st.failure_message = format!("killed by {name}, which fleet did not send");
+            return State::Failed;
+        }
         if failure == Failure::None {
             State::Succeeded
         } else {
@@ -416,6 +439,7 @@ mod tests {
             oom: false,
             ended_us: 1,
             invocation_id: "a".into(),
+            shutdown: false,
         });
         assert_eq!(derive("u", &r, None).state, State::Succeeded);
         r.last_outcome.as_mut().unwrap().oom = true;
@@ -427,6 +451,72 @@ mod tests {
         assert_eq!(st.exit_signal, Some(9));
     }
 
+    /// systemd counts SIGTERM, SIGHUP, SIGINT and SIGPIPE as a clean exit.
+    /// A run the agent did not stop that dies of one was killed by someone
+    /// else: failed, or disrupted when the board was shutting down; one the
+    /// agent stopped is stopped, whatever the program did on the way out.
+    #[test]
+    fn a_clean_exit_signal_fleet_did_not_send_is_not_a_success() {
+        for (sig, name) in [
+            (15, "SIGTERM"),
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (13, "SIGPIPE"),
+        ] {
+            let mut r = rec(Desired::Running);
+            let mut p = props("inactive", "dead", "success");
+            p.exec_main_code = CLD_KILLED;
+            p.exec_main_status = sig;
+            p.invocation_id = "a".into();
+            let st = derive("u", &r, Some(&p));
+            assert_eq!(
+                (st.state, st.failure),
+                (State::Failed, Failure::Signal),
+                "{name}"
+            );
+            assert_eq!(st.exit_signal, Some(sig));
+            assert_eq!(
+                st.failure_message,
+                format!("killed by {name}, which fleet did not send")
+            );
+
+            r.last_outcome = Some(Outcome {
+                shutdown: true,
+                ..outcome_of(&p, false, 5)
+            });
+            let st = derive("u", &r, Some(&p));
+            assert_eq!(
+                (st.state, st.failure),
+                (State::Disrupted, Failure::Signal),
+                "{name}"
+            );
+            assert_eq!(
+                st.failure_message,
+                format!("interrupted by the board's shutdown ({name})")
+            );
+            // Collected by systemd: the remembered outcome says the same.
+            assert_eq!(derive("u", &r, None).state, State::Disrupted);
+
+            // The agent's own stop, trapped and answered with exit 0 or not.
+            r.desired = Desired::Stopped;
+            assert_eq!(derive("u", &r, Some(&p)).state, State::Stopped);
+        }
+        // An exit with code 0 is a success, and a signal that is not clean a
+        // crash, as before.
+        let r = rec(Desired::Running);
+        let mut p = props("inactive", "dead", "success");
+        p.exec_main_code = CLD_EXITED;
+        assert_eq!(derive("u", &r, Some(&p)).state, State::Succeeded);
+        let mut p = props("failed", "failed", "signal");
+        p.exec_main_code = CLD_KILLED;
+        p.exec_main_status = 9;
+        let st = derive("u", &r, Some(&p));
+        assert_eq!(
+            (st.state, st.failure_message.as_str()),
+            (State::Failed, "killed by SIGKILL")
+        );
+    }
+
     #[test]
     fn failure_messages_name_the_cause() {
         let o = |result: &str, code, status| Outcome {
@@ -436,6 +526,7 @@ mod tests {
             oom: false,
             ended_us: 0,
             invocation_id: String::new(),
+            shutdown: false,
         };
         assert_eq!(
             classify(&o("exit-code", CLD_EXITED, 3)).3,

@@ -54,6 +54,10 @@ pub struct Outcome {
     pub oom: bool,
     pub ended_us: u64,
     pub invocation_id: String,
+    /// The run ended while the board shut down (its manager was stopping,
+    /// or it ended before the manager that now runs started).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shutdown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -168,6 +168,8 @@ pub enum Disruption {
     NodeRemoved,
     /// Stopped for Restart; the next run follows.
     Restart,
+    /// The board shut down or rebooted under it.
+    Shutdown,
 }
 
 /// The failure an agent reported, in its own classes.

@@ -725,7 +725,19 @@ impl Reconciler {
                     return Ok(());
                 }
                 self.ensure_run(&rec, live.as_ref()).await?;
-                let msg = format!("stopped by {node}'s thermal guard");
+                // The guard stops with no failure; a board's shutdown kills
+                // with a signal the agent did not send, and says so.
+                let (why, msg) = if failure_of(st).is_some() {
+                    (
+                        Disruption::Shutdown,
+                        format!("{node} shut down: {}", st.failure_message),
+                    )
+                } else {
+                    (
+                        Disruption::Thermal,
+                        format!("stopped by {node}'s thermal guard"),
+                    )
+                };
                 let t = Transition::new(
                     id,
                     self.current_phase(&rec)?,
@@ -734,7 +746,7 @@ impl Reconciler {
                     msg.clone(),
                 )
                 .fenced(rec.epoch)
-                .end_run(RunEnd::disrupted(Disruption::Thermal, msg));
+                .end_run(RunEnd::disrupted(why, msg));
                 self.transition(t).await?;
                 self.poke.notify_one();
             }

@@ -285,6 +285,7 @@ pub fn disruption(d: Option<Disruption>) -> v1::Disruption {
         Some(Disruption::NodeLost) => v1::Disruption::NodeLost,
         Some(Disruption::NodeRemoved) => v1::Disruption::NodeRemoved,
         Some(Disruption::Restart) => v1::Disruption::Restart,
+        Some(Disruption::Shutdown) => v1::Disruption::Shutdown,
     }
 }
 

@@ -389,6 +389,72 @@ async fn kill_9_of_the_agent_leaves_the_experiment_running() {
     f.finish().await;
 }
 
+/// systemd counts death by SIGTERM, SIGHUP, SIGINT or SIGPIPE as a clean
+/// exit. A run that dies of one the agent did not send (a `kill`, a
+/// `systemctl stop` behind fleet's back) failed; it did not succeed. One
+/// that traps the agent's own stop and exits 0 is stopped.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_fleet_did_not_send_is_not_a_success() {
+    let mut f = fixture("sigterm", 15).await;
+    for (id, sig) in [("termed", libc::SIGTERM), ("hupped", libc::SIGHUP)] {
+        start(&mut f.admin, spec(id, &["/bin/sleep", "900"]), 0)
+            .await
+            .unwrap();
+        let running = wait_state(&f.admin, id, "it to run", |s| {
+            s.state() == ExperimentState::Running && s.main_pid > 0
+        })
+        .await;
+        // SAFETY: kill(2) of the experiment's main process, by pid.
+        assert_eq!(unsafe { libc::kill(running.main_pid as i32, sig) }, 0);
+        let ended = wait_state(&f.admin, id, "it to end", |s| {
+            !matches!(
+                s.state(),
+                ExperimentState::Running | ExperimentState::Starting | ExperimentState::Stopping
+            )
+        })
+        .await;
+        assert_eq!(ended.state(), ExperimentState::Failed, "{ended:?}");
+        assert_eq!(ended.exit_signal, Some(sig), "{ended:?}");
+        assert!(
+            ended.failure_message.contains("which fleet did not send"),
+            "{}",
+            ended.failure_message
+        );
+        assert_eq!(ended.disruptions_total, 0);
+    }
+    // The agent's own stop: the program traps SIGTERM and exits 0.
+    start(
+        &mut f.admin,
+        sh(
+            "trapper",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ),
+        0,
+    )
+    .await
+    .unwrap();
+    wait_state(&f.admin, "trapper", "it to run", |s| {
+        s.state() == ExperimentState::Running
+    })
+    .await;
+    f.admin
+        .stop_experiment(v1::ExperimentRef {
+            id: "trapper".into(),
+        })
+        .await
+        .unwrap();
+    let stopped = wait_state(&f.admin, "trapper", "it to stop", |s| {
+        s.state() == ExperimentState::Stopped
+    })
+    .await;
+    assert_eq!(stopped.failure_message, "", "{stopped:?}");
+    f.finish().await;
+}
+
 #[cfg_attr(
     fleet_no_testbed,
     ignore = "needs root and systemd; see the build warning"
@@ -426,14 +492,17 @@ async fn autostart_survives_a_reboot_and_only_then() {
     .await;
     assert_ne!(after.invocation_id, before.invocation_id, "a new boot");
     let mut c2 = c.clone();
+    // The board's shutdown stopped it with SIGTERM, which systemd counts as
+    // a clean exit: a disruption, counted once, never a success.
     let oneshot = get(&mut c2, "oneshot").await;
+    assert_eq!(oneshot.state(), ExperimentState::Disrupted, "{oneshot:?}");
+    assert_eq!(oneshot.exit_signal, Some(libc::SIGTERM), "{oneshot:?}");
     assert!(
-        !matches!(
-            oneshot.state(),
-            ExperimentState::Running | ExperimentState::Starting
-        ),
-        "{oneshot:?}"
+        oneshot.failure_message.contains("shutdown"),
+        "{}",
+        oneshot.failure_message
     );
+    assert_eq!(oneshot.disruptions_total, 1, "{oneshot:?}");
 
     // Turning autostart off: the next reboot does not start it.
     c2.set_autostart(v1::SetAutostartRequest {

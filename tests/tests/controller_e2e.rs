@@ -402,6 +402,47 @@ async fn a_critical_board_requeues_its_experiment_elsewhere_as_a_disruption() {
     f.finish().await;
 }
 
+/// A run killed by a SIGTERM that fleet did not send (a `kill`, a
+/// `systemctl stop` on the board) failed: the controller does not record it
+/// as a success and drop the work.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_behind_fleets_back_is_not_a_success() {
+    let f = fleet("sigterm", 31, ControllerOptions::default()).await;
+    let mut spec = sh("sleeper", "");
+    spec.command = vec!["/bin/sleep".into(), "900".into()];
+    f.submit(spec).await.unwrap();
+    let placed = f.wait("sleeper", "sleeper to run", running).await;
+    let agent = &f.agents[f.index_of(&placed.node)];
+    let mut c = agent.client(&f.pki, Role::Viewer).await.unwrap();
+    let st = c
+        .get_experiment(v1::ExperimentRef {
+            id: "sleeper".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.main_pid > 0, "{st:?}");
+    // SAFETY: kill(2) of the experiment's main process, by pid.
+    assert_eq!(unsafe { libc::kill(st.main_pid as i32, libc::SIGTERM) }, 0);
+    let ended = f
+        .wait("sleeper", "sleeper to end", |e| {
+            !matches!(
+                e.phase(),
+                ExperimentPhase::Running | ExperimentPhase::Starting | ExperimentPhase::Placing
+            )
+        })
+        .await;
+    assert_eq!(ended.phase(), ExperimentPhase::Failed, "{ended:?}");
+    let run = &ended.runs[0];
+    assert_eq!(run.outcome(), v1::RunOutcome::Failed, "{run:?}");
+    assert_eq!(run.exit_signal, Some(libc::SIGTERM), "{run:?}");
+    f.finish().await;
+}
+
 #[cfg_attr(
     fleet_no_testbed,
     ignore = "needs root and systemd; see the build warning"

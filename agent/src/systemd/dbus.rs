@@ -61,6 +61,16 @@ pub trait Manager {
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 
+    /// `running`, `degraded`, `stopping` (shutting down), ...: read afresh
+    /// each time, never from a cache.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn system_state(&self) -> zbus::Result<String>;
+
+    /// When the manager started (µs since the epoch): the board's boot, for a
+    /// board's own manager.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn userspace_timestamp(&self) -> zbus::Result<u64>;
+
     #[zbus(signal)]
     fn job_removed(
         &self,

@@ -203,6 +203,29 @@ impl Systemd {
         self.manager.version().await.unwrap_or_default()
     }
 
+    /// Whether the manager is shutting the board down (`SystemState` is
+    /// `stopping`). A manager that cannot be asked is taken to be going
+    /// down: it is what a board's shutdown looks like from outside.
+    pub async fn is_stopping(&self) -> bool {
+        match self.manager.system_state().await {
+            Ok(state) => state == "stopping",
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the manager's state");
+                true
+            }
+        }
+    }
+
+    /// When the manager started (µs since the epoch), i.e. the board's
+    /// boot; `None` when it does not say.
+    pub async fn started_us(&self) -> Option<u64> {
+        self.manager
+            .userspace_timestamp()
+            .await
+            .ok()
+            .filter(|t| *t > 0)
+    }
+
     fn call_err<'a>(
         op: &'static str,
         unit: &'a str,

@@ -63,6 +63,7 @@ pub fn disruption_word(d: v1::Disruption) -> Option<&'static str> {
         v1::Disruption::NodeLost => Some("node-lost"),
         v1::Disruption::NodeRemoved => Some("node-removed"),
         v1::Disruption::Restart => Some("restart"),
+        v1::Disruption::Shutdown => Some("shutdown"),
     }
 }
 

@@ -2663,6 +2663,8 @@ pub enum Disruption {
     NodeRemoved = 4,
     /// Stopped for Restart; the next run follows.
     Restart = 5,
+    /// Its board shut down or rebooted under it (systemd stopped it).
+    Shutdown = 6,
 }
 impl Disruption {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2677,6 +2679,7 @@ impl Disruption {
             Self::NodeLost => "DISRUPTION_NODE_LOST",
             Self::NodeRemoved => "DISRUPTION_NODE_REMOVED",
             Self::Restart => "DISRUPTION_RESTART",
+            Self::Shutdown => "DISRUPTION_SHUTDOWN",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2688,6 +2691,7 @@ impl Disruption {
             "DISRUPTION_NODE_LOST" => Some(Self::NodeLost),
             "DISRUPTION_NODE_REMOVED" => Some(Self::NodeRemoved),
             "DISRUPTION_RESTART" => Some(Self::Restart),
+            "DISRUPTION_SHUTDOWN" => Some(Self::Shutdown),
             _ => None,
         }
     }
