@@ -48,6 +48,12 @@ pub enum ExperimentError {
         held: u64,
         requested: u64,
     },
+    #[error("experiment {id} runs epoch {held} here, not the {requested} this stop is for: that run is not on this board")]
+    OtherEpoch {
+        id: String,
+        held: u64,
+        requested: u64,
+    },
     #[error("this board accepts no new experiments now: {reason}")]
     Refused { reason: String },
     #[error("experiment {id} was not given to this agent (its record is missing); remove it and start it again")]
@@ -488,8 +494,46 @@ impl Experiments {
     /// counts against the crash budget.
     pub async fn stop(&self, id: &str, disruption: bool) -> Result<Status> {
         let eid = Self::parse_id(id)?;
+        let _ops = self.ops.lock().await;
+        self.stop_locked(&eid, disruption).await
+    }
+
+    /// A stop of one run, the one started with `epoch` (the controller's
+    /// stops are all of this kind). A stop for another epoch is refused: a
+    /// stop decided for run N must never end run N+1 of the same id. A run
+    /// of this epoch that already ended on its own (it succeeded, failed,
+    /// or is on its way out) is left as it ended: stopping it would turn its
+    /// outcome into `stopped`.
+    pub async fn stop_epoch(&self, id: &str, epoch: u64) -> Result<Status> {
+        let eid = Self::parse_id(id)?;
         let unit = Self::unit(&eid);
         let _ops = self.ops.lock().await;
+        let rec = self.record(id).await?;
+        if rec.epoch != epoch {
+            return Err(ExperimentError::OtherEpoch {
+                id: id.to_owned(),
+                held: rec.epoch,
+                requested: epoch,
+            });
+        }
+        let props = self.systemd.props(&unit).await?;
+        let running = props.as_ref().is_some_and(|p| {
+            !p.is_gone()
+                && matches!(
+                    p.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+        });
+        if !running && rec.desired == Desired::Running && rec.superseded_invocation.is_none() {
+            tracing::info!(experiment = %id, epoch, "stop of a run that already ended: left as it ended");
+            return self.refresh(id).await;
+        }
+        self.stop_locked(&eid, false).await
+    }
+
+    async fn stop_locked(&self, eid: &ExperimentId, disruption: bool) -> Result<Status> {
+        let id = eid.as_str();
+        let unit = Self::unit(eid);
         let desired = if disruption {
             Desired::Disrupted
         } else {

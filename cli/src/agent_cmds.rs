@@ -383,14 +383,20 @@ async fn each_id(
     for id in ids {
         let r = v1::ExperimentRef { id: id.clone() };
         let result = match action {
-            Action::Stop => client.stop_experiment(r).await.map(|s| {
-                let s = s.into_inner();
-                (
-                    format!("stopped {}: {}", s.id, state_word(s.state())),
-                    Some(s),
-                    None,
-                )
-            }),
+            Action::Stop => client
+                .stop_experiment(v1::StopExperimentRequest {
+                    id: r.id,
+                    epoch: None,
+                })
+                .await
+                .map(|s| {
+                    let s = s.into_inner();
+                    (
+                        format!("stopped {}: {}", s.id, state_word(s.state())),
+                        Some(s),
+                        None,
+                    )
+                }),
             Action::Restart => client.restart_experiment(r).await.map(|s| {
                 let s = s.into_inner();
                 (

@@ -92,7 +92,7 @@ impl Agent for Stub {
 
     async fn stop_experiment(
         &self,
-        req: Request<v1::ExperimentRef>,
+        req: Request<v1::StopExperimentRequest>,
     ) -> Result<Response<v1::ExperimentStatus>, Status> {
         let id = req.into_inner().id;
         let mut board = self.board();

@@ -150,8 +150,9 @@ impl ControllerService {
         let Some(node) = &rec.node else { return };
         if let Some(mut c) = self.links.client(node.as_str()) {
             if let Err(e) = c
-                .stop_experiment(v1::ExperimentRef {
+                .stop_experiment(v1::StopExperimentRequest {
                     id: rec.id.as_str().to_owned(),
+                    epoch: Some(rec.epoch),
                 })
                 .await
             {

@@ -589,7 +589,9 @@ impl Reconciler {
         }
     }
 
-    /// Stops a copy the fleet no longer wants on `node`.
+    /// Stops a copy the fleet no longer wants on `node`: the run of `epoch`
+    /// only (the agent refuses the stop if it runs another by then, and
+    /// leaves a run that already ended as it ended).
     fn stop_stale(&self, node: &str, id: &str, epoch: u64) {
         let Some(mut client) = self.links.client(node) else {
             return;
@@ -598,7 +600,10 @@ impl Reconciler {
         let id = id.to_owned();
         tokio::spawn(async move {
             if let Err(e) = client
-                .stop_experiment(v1::ExperimentRef { id: id.clone() })
+                .stop_experiment(v1::StopExperimentRequest {
+                    id: id.clone(),
+                    epoch: Some(epoch),
+                })
                 .await
             {
                 tracing::warn!(experiment = %id, error = %e.message(), "stopping a stale copy failed");

@@ -324,7 +324,10 @@ async fn stop_sends_sigterm_and_kills_after_the_stop_timeout() {
         .await
         .unwrap();
         f.admin
-            .stop_experiment(v1::ExperimentRef { id: id.into() })
+            .stop_experiment(v1::StopExperimentRequest {
+                id: id.into(),
+                epoch: None,
+            })
             .await
             .unwrap();
     }
@@ -442,8 +445,9 @@ async fn a_signal_fleet_did_not_send_is_not_a_success() {
     })
     .await;
     f.admin
-        .stop_experiment(v1::ExperimentRef {
+        .stop_experiment(v1::StopExperimentRequest {
             id: "trapper".into(),
+            epoch: None,
         })
         .await
         .unwrap();
@@ -560,6 +564,49 @@ async fn epochs_fence_and_repeated_starts_are_idempotent() {
         !std::path::Path::new(&format!("/proc/{}", first.main_pid)).exists(),
         "the old copy still runs"
     );
+
+    // A stop decided for epoch 5 never ends the run of epoch 6.
+    let stop = |id: &str, epoch| v1::StopExperimentRequest {
+        id: id.into(),
+        epoch: Some(epoch),
+    };
+    let err = f
+        .admin
+        .stop_experiment(stop("fenced", 5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("epoch 6"), "{err:?}");
+    let still = get(&mut f.admin, "fenced").await;
+    assert_eq!(
+        (still.state(), still.main_pid),
+        (ExperimentState::Running, newer.main_pid)
+    );
+    // The stop of its own epoch stops it.
+    f.admin.stop_experiment(stop("fenced", 6)).await.unwrap();
+    wait_state(&f.admin, "fenced", "fenced to stop", |s| {
+        s.state() == ExperimentState::Stopped
+    })
+    .await;
+
+    // A run that already succeeded stays succeeded when a late stop of its
+    // epoch arrives (the controller's stop of a copy it took for stale).
+    start(&mut f.admin, sh("done", "exit 0"), 3).await.unwrap();
+    wait_state(&f.admin, "done", "done to succeed", |s| {
+        s.state() == ExperimentState::Succeeded
+    })
+    .await;
+    let after = f
+        .admin
+        .stop_experiment(stop("done", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.state(), ExperimentState::Succeeded, "{after:?}");
+    assert_eq!(
+        get(&mut f.admin, "done").await.state(),
+        ExperimentState::Succeeded
+    );
     f.finish().await;
 }
 
@@ -584,8 +631,9 @@ async fn mtls_and_roles_are_enforced() {
     let err = start(&mut viewer, sh("nope", "true"), 0).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let err = viewer
-        .stop_experiment(v1::ExperimentRef {
+        .stop_experiment(v1::StopExperimentRequest {
             id: "guarded".into(),
+            epoch: None,
         })
         .await
         .unwrap_err();
@@ -706,7 +754,10 @@ async fn bad_input_is_refused_and_writes_nothing() {
     for id in ["ssh", "../../dbus", "dbus.service", ""] {
         let err = f
             .admin
-            .stop_experiment(v1::ExperimentRef { id: id.into() })
+            .stop_experiment(v1::StopExperimentRequest {
+                id: id.into(),
+                epoch: None,
+            })
             .await
             .unwrap_err();
         assert!(
@@ -771,9 +822,12 @@ async fn watch_reports_start_crash_and_stop_in_order() {
             if ran_again && !stopped {
                 stopped = true;
                 let mut c = f.admin.clone();
-                c.stop_experiment(v1::ExperimentRef { id: "flaky".into() })
-                    .await
-                    .unwrap();
+                c.stop_experiment(v1::StopExperimentRequest {
+                    id: "flaky".into(),
+                    epoch: None,
+                })
+                .await
+                .unwrap();
             }
             if st.state() == ExperimentState::Stopped {
                 break;
@@ -870,7 +924,10 @@ async fn a_new_epoch_after_an_end_is_not_reported_as_that_end() {
         // The first run's crash is counted once, not again for a new run.
         assert_eq!(now.crashes_total, 1, "{now:?}");
         f.admin
-            .stop_experiment(v1::ExperimentRef { id: "rerun".into() })
+            .stop_experiment(v1::StopExperimentRequest {
+                id: "rerun".into(),
+                epoch: None,
+            })
             .await
             .unwrap();
     }

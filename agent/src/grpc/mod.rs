@@ -40,6 +40,7 @@ impl From<ExperimentError> for RpcStatus {
             ExperimentError::InvalidId { .. } => RpcStatus::invalid_argument(msg),
             ExperimentError::NotFound { .. } => RpcStatus::not_found(msg),
             ExperimentError::StaleEpoch { .. } => RpcStatus::failed_precondition(msg),
+            ExperimentError::OtherEpoch { .. } => RpcStatus::failed_precondition(msg),
             ExperimentError::Refused { .. } => RpcStatus::unavailable(msg),
             ExperimentError::NoSpec { .. } => RpcStatus::failed_precondition(msg),
             ExperimentError::Systemd(_) => RpcStatus::unavailable(msg),
@@ -144,9 +145,13 @@ impl Agent for AgentService {
 
     async fn stop_experiment(
         &self,
-        req: Request<v1::ExperimentRef>,
+        req: Request<v1::StopExperimentRequest>,
     ) -> Result<Response<v1::ExperimentStatus>, RpcStatus> {
-        let st = self.experiments.stop(&req.into_inner().id, false).await?;
+        let r = req.into_inner();
+        let st = match r.epoch {
+            Some(epoch) => self.experiments.stop_epoch(&r.id, epoch).await?,
+            None => self.experiments.stop(&r.id, false).await?,
+        };
         Ok(Response::new(status_to_wire(&st)))
     }
 

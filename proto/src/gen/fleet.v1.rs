@@ -460,6 +460,17 @@ pub struct ExperimentRef {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
 }
+/// Field 1 is ExperimentRef's: a request without an epoch reads as one.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StopExperimentRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The run to stop (the epoch it was started with). The controller always
+    /// sets it; a person stopping by hand may leave it out.
+    #[prost(uint64, optional, tag = "2")]
+    pub epoch: ::core::option::Option<u64>,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveExperimentResponse {
@@ -707,10 +718,12 @@ pub mod agent_client {
                 .insert(GrpcMethod::new("fleet.v1.Agent", "StartExperiment"));
             self.inner.unary(req, path, codec).await
         }
-        /// Stops gracefully: SIGTERM, then SIGKILL after the stop timeout.
+        /// Stops gracefully: SIGTERM, then SIGKILL after the stop timeout. With an
+        /// epoch, only that run: another epoch is refused with FailedPrecondition,
+        /// and a run of that epoch that already ended is left as it ended.
         pub async fn stop_experiment(
             &mut self,
-            request: impl tonic::IntoRequest<super::ExperimentRef>,
+            request: impl tonic::IntoRequest<super::StopExperimentRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ExperimentStatus>,
             tonic::Status,
@@ -1052,10 +1065,12 @@ pub mod agent_server {
             tonic::Response<super::ExperimentStatus>,
             tonic::Status,
         >;
-        /// Stops gracefully: SIGTERM, then SIGKILL after the stop timeout.
+        /// Stops gracefully: SIGTERM, then SIGKILL after the stop timeout. With an
+        /// epoch, only that run: another epoch is refused with FailedPrecondition,
+        /// and a run of that epoch that already ended is left as it ended.
         async fn stop_experiment(
             &self,
-            request: tonic::Request<super::ExperimentRef>,
+            request: tonic::Request<super::StopExperimentRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ExperimentStatus>,
             tonic::Status,
@@ -1287,7 +1302,9 @@ pub mod agent_server {
                 "/fleet.v1.Agent/StopExperiment" => {
                     #[allow(non_camel_case_types)]
                     struct StopExperimentSvc<T: Agent>(pub Arc<T>);
-                    impl<T: Agent> tonic::server::UnaryService<super::ExperimentRef>
+                    impl<
+                        T: Agent,
+                    > tonic::server::UnaryService<super::StopExperimentRequest>
                     for StopExperimentSvc<T> {
                         type Response = super::ExperimentStatus;
                         type Future = BoxFuture<
@@ -1296,7 +1313,7 @@ pub mod agent_server {
                         >;
                         fn call(
                             &mut self,
-                            request: tonic::Request<super::ExperimentRef>,
+                            request: tonic::Request<super::StopExperimentRequest>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
