@@ -684,6 +684,9 @@ async fn restarts_kills_and_reboots_keep_ports_and_experiments() {
             "2",
             "--controller-set",
             "node_lost_after_s=600",
+            // A frozen agent is seen as unreachable soon.
+            "--controller-set",
+            "heartbeat_timeout_s=3",
             "--agent-set",
             "guard.cooldown_s=7",
         ],
@@ -699,6 +702,7 @@ async fn restarts_kills_and_reboots_keep_ports_and_experiments() {
         .parse()
         .unwrap();
     assert_eq!(ctl_toml["node_lost_after_s"].as_integer(), Some(600));
+    assert_eq!(ctl_toml["heartbeat_timeout_s"].as_integer(), Some(3));
     for n in fleet["nodes"].as_array().unwrap() {
         let agent_toml: toml::Table = std::fs::read_to_string(path(&n["dir"]).join("agent.toml"))
             .unwrap()
@@ -849,6 +853,38 @@ async fn restarts_kills_and_reboots_keep_ports_and_experiments() {
     assert_ne!(node_json(&after, other)["agent_pid"], other_pid);
     wait_connected(&c, other).await;
     same_run("a reboot of the other board").await;
+
+    // Freeze the other board's agent (SIGSTOP): its connections stay open
+    // and nothing answers, so the controller finds it silent; CONT thaws it.
+    let out = run_ok(&["kill", "agent", other, "--signal", "STOP"], dir).await;
+    assert!(out.contains("is frozen"), "{out}");
+    fleet_testbed::poll::wait_for(
+        format!("the controller to find {other} unreachable"),
+        FAULT_DEADLINE,
+        || async {
+            let nodes = c
+                .clone()
+                .list_nodes(v1::ListNodesRequest::default())
+                .await?
+                .into_inner()
+                .nodes;
+            let state = nodes
+                .iter()
+                .find(|n| n.name == other)
+                .map(|n| n.connection());
+            Ok((state == Some(v1::NodeConnection::Unreachable))
+                .then_some(())
+                .into())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (ok, _, err) = run(&["start", "agent", other], dir).await;
+    assert!(!ok && err.contains("is frozen"), "{err}");
+    let out = run_ok(&["kill", "agent", other, "--signal", "CONT"], dir).await;
+    assert!(out.contains("runs again"), "{out}");
+    wait_connected(&c, other).await;
+    same_run("a freeze of the other board's agent").await;
 
     // Mistakes are refused, saying why.
     for (args, says) in [
