@@ -4,20 +4,40 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_proto::identity::Role;
-use fleet_proto::v1::agent_client::AgentClient;
+use fleet_proto::v1::{self, agent_client::AgentClient};
 use tonic::transport::Channel;
 
 use crate::hwsim::HwSim;
 use crate::pki::{CertFiles, TestPki};
-use crate::poll::wait_for;
+use crate::poll::{wait_for, Check};
+use crate::process::{self, Signal};
+use crate::settings::{self, Setting};
 use crate::testbed::Board;
+
+/// Keys of the agent's config the testbed sets itself: a setting of one
+/// is refused ([`AgentOptions::check`]).
+pub const AGENT_OWNED_KEYS: &[&str] = &[
+    "node",
+    "listen",
+    "systemd",
+    "state_dir",
+    "unit_dir",
+    "runtime_unit_dir",
+    "tls",
+    "hardware.sysfs_root",
+    "hardware.root",
+    "hardware.nvpmodel",
+    "hardware.nvpmodel_conf",
+    "hardware.jetson_clocks",
+    "hardware.clocks_store_file",
+];
 
 /// The agent binary: `FLEET_AGENT_BIN`, else the one cargo built beside the
 /// test executable, built on first use when missing.
@@ -85,6 +105,9 @@ pub struct AgentOptions {
     pub extra_env: Vec<(String, OsString)>,
     /// Where the agent serves Prometheus metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Any other keys of its config, applied last (they win over the
+    /// fields above); see [`AgentOptions::check`].
+    pub settings: Vec<Setting>,
 }
 
 impl AgentOptions {
@@ -104,6 +127,61 @@ impl AgentOptions {
             text.push_str(&format!("\n[sampling]\ninterval_ms = {ms}\n"));
         }
         text
+    }
+
+    /// Checks `settings` before anything starts: a key the testbed sets
+    /// itself is refused, and the rest go through `fleet-agent
+    /// check-config` on the config a board would get, so an unknown key or
+    /// a bad value is refused as the agent refuses it (exit 64, naming the
+    /// key and the keys it knows).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.settings.is_empty() {
+            return Ok(());
+        }
+        settings::refuse_owned("agent", &self.settings, AGENT_OWNED_KEYS)?;
+        let placeholder = Path::new("/nonexistent/fleet-testbed");
+        let tls = [
+            placeholder.join("ca.pem"),
+            placeholder.join("agent.pem"),
+            placeholder.join("agent.key"),
+        ];
+        let base = AgentOptions {
+            settings: Vec::new(),
+            ..self.clone()
+        }
+        .render(
+            "jetson-01",
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            placeholder,
+            &placeholder.join("units"),
+            &placeholder.join("run-units"),
+            [&tls[0], &tls[1], &tls[2]],
+        )?;
+        settings::check_settings(&agent_bin(), "agent.toml", &base, &self.settings)
+    }
+
+    /// The agent's config.
+    fn render(
+        &self,
+        node: &str,
+        listen: SocketAddr,
+        state_dir: &Path,
+        unit_dir: &Path,
+        runtime_unit_dir: &Path,
+        [ca, cert, key]: [&Path; 3],
+    ) -> anyhow::Result<String> {
+        let mut text = format!(
+            "node = {node:?}\nlisten = \"{listen}\"\nsystemd = \"user\"\nstate_dir = {state:?}\nunit_dir = {unit:?}\nruntime_unit_dir = {runtime:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            state = state_dir,
+            unit = unit_dir,
+            runtime = runtime_unit_dir,
+        );
+        text.push_str(&self.toml());
+        if let Some(m) = self.metrics_listen {
+            // A top-level key: it goes before the first section.
+            text = text.replacen("\n[tls]", &format!("metrics_listen = \"{m}\"\n\n[tls]"), 1);
+        }
+        settings::apply(&text, &self.settings)
     }
 
     fn env(&self) -> Vec<(String, OsString)> {
@@ -145,20 +223,14 @@ impl AgentHandle {
         let certs = pki.agent(&node)?;
         let state_dir = board.dir().join("agent");
         let config = board.dir().join("agent.toml");
-        let mut text = format!(
-            "node = {node:?}\nlisten = \"{ip}:0\"\nsystemd = \"user\"\nstate_dir = {state:?}\nunit_dir = {unit:?}\nruntime_unit_dir = {runtime:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
-            state = state_dir,
-            unit = board.unit_dir(),
-            runtime = board.runtime_unit_dir(),
-            ca = certs.ca,
-            cert = certs.cert,
-            key = certs.key,
-        );
-        text.push_str(&options.toml());
-        if let Some(m) = options.metrics_listen {
-            // A top-level key: it goes before the first section.
-            text = text.replacen("\n[tls]", &format!("metrics_listen = \"{m}\"\n\n[tls]"), 1);
-        }
+        let text = options.render(
+            &node,
+            SocketAddr::new(ip, 0),
+            &state_dir,
+            &board.unit_dir(),
+            &board.runtime_unit_dir(),
+            [&certs.ca, &certs.cert, &certs.key],
+        )?;
         std::fs::write(&config, text)?;
         let mut agent = AgentHandle {
             node,
@@ -195,12 +267,22 @@ impl AgentHandle {
             .kill_on_drop(true);
         let child = cmd.spawn().context("spawn fleet-agent")?;
         self.child = Some(child);
+        let (child, log) = (&mut self.child, &self.log);
         let text = wait_for(
             "the agent to bind its listener",
             Duration::from_secs(30),
             || {
+                let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
                 let addr_file = addr_file.clone();
-                async move { Ok(std::fs::read_to_string(&addr_file).ok().into()) }
+                async move {
+                    if let Some(status) = exited {
+                        anyhow::bail!(
+                            "fleet-agent exited ({status}) before it listened; the end of its log:\n{}",
+                            process::log_tail(log, 20)
+                        );
+                    }
+                    Ok(std::fs::read_to_string(&addr_file).ok().into())
+                }
             },
         )
         .await
@@ -227,6 +309,66 @@ impl AgentHandle {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Makes every later start listen on the address the agent has now
+    /// instead of a fresh port, so a controller configured with it finds
+    /// the agent again after a restart, a `kill -9` or a reboot.
+    pub fn keep_address(&self) -> anyhow::Result<()> {
+        settings::set_in_file(&self.config, "listen", self.addr.to_string().into())
+    }
+
+    /// The agent's pid while it runs (frozen included); None once it has
+    /// exited.
+    pub fn running_pid(&mut self) -> Option<u32> {
+        process::running_pid(&mut self.child)
+    }
+
+    /// Sends `signal` and waits for its effect: see [`process::send`].
+    pub async fn signal(&mut self, signal: Signal) -> anyhow::Result<()> {
+        let what = format!("the agent of {}", self.node);
+        process::send(&mut self.child, signal, &what).await
+    }
+
+    /// A graceful stop (SIGTERM, SIGKILL after [`process::STOP_GRACE`]),
+    /// as systemd stops the agent's service. Nothing when it is not
+    /// running.
+    pub async fn stop(&mut self) -> anyhow::Result<process::Stopped> {
+        process::stop(&mut self.child, process::STOP_GRACE).await
+    }
+
+    /// Starts the agent again after it was stopped, killed or its board
+    /// rebooted; refused while it runs (frozen included).
+    pub async fn start_again(&mut self, board: &Board) -> anyhow::Result<()> {
+        match self.running_pid() {
+            Some(pid) if process::state(pid) == process::State::Frozen => anyhow::bail!(
+                "the agent of {} is frozen (SIGSTOP, pid {pid}); send it SIGCONT instead",
+                self.node
+            ),
+            Some(pid) => anyhow::bail!("the agent of {} already runs (pid {pid})", self.node),
+            None => self.spawn(board).await,
+        }
+    }
+
+    /// Waits until the agent answers `GetNode` as `certs`.
+    pub async fn wait_serving(&self, certs: &CertFiles, timeout: Duration) -> anyhow::Result<()> {
+        let what = format!("the agent of {} to answer at {}", self.node, self.addr);
+        wait_for(what, timeout, || async {
+            let attempt = async {
+                let mut c = self.client_as(certs).await?;
+                c.get_node(v1::GetNodeRequest {}).await?;
+                anyhow::Ok(())
+            };
+            Ok(
+                match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                    Ok(Ok(())) => Check::Ready(()),
+                    Ok(Err(e)) => Check::not_yet(format!("{e:#}")),
+                    Err(_) => Check::not_yet("no answer within 5s"),
+                },
+            )
+        })
+        .await?;
+        Ok(())
     }
 
     /// A client as `certs`.

@@ -18,6 +18,12 @@ use tonic::transport::Channel;
 use crate::agent::{workspace_bin, AgentHandle};
 use crate::pki::{CertFiles, TestPki};
 use crate::poll::{wait_for, Check};
+use crate::process::{self, Signal};
+use crate::settings::{self, Setting};
+
+/// Keys of the controller's config the testbed sets itself: a setting of
+/// one is refused ([`ControllerOptions::check`]).
+pub const CONTROLLER_OWNED_KEYS: &[&str] = &["listen", "state_dir", "nodes", "tls"];
 
 /// Settings a test may change; the rest are the controller's defaults.
 #[derive(Debug, Clone)]
@@ -29,6 +35,9 @@ pub struct ControllerOptions {
     pub slots_per_node: u32,
     /// `(node, labels)` to put in the config.
     pub labels: Vec<(String, Vec<(String, String)>)>,
+    /// Any other keys of its config, applied last (they win over the
+    /// fields above); see [`ControllerOptions::check`].
+    pub settings: Vec<Setting>,
 }
 
 impl Default for ControllerOptions {
@@ -40,7 +49,77 @@ impl Default for ControllerOptions {
             telemetry_interval_ms: 200,
             slots_per_node: 4,
             labels: Vec::new(),
+            settings: Vec::new(),
         }
+    }
+}
+
+impl ControllerOptions {
+    /// Checks `settings` before anything starts: a key the testbed sets
+    /// itself is refused, and the rest go through `fleet-controller
+    /// check-config` on the config a fleet would get, so an unknown key or
+    /// a bad value is refused as the controller refuses it (exit 64,
+    /// naming the key and the keys it knows).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.settings.is_empty() {
+            return Ok(());
+        }
+        settings::refuse_owned("controller", &self.settings, CONTROLLER_OWNED_KEYS)?;
+        let placeholder = Path::new("/nonexistent/fleet-testbed");
+        let tls = [
+            placeholder.join("ca.pem"),
+            placeholder.join("controller.pem"),
+            placeholder.join("controller.key"),
+        ];
+        let base = ControllerOptions {
+            settings: Vec::new(),
+            ..self.clone()
+        }
+        .render(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            placeholder,
+            [&tls[0], &tls[1], &tls[2]],
+            &[(
+                "jetson-01".to_owned(),
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+            )],
+        )?;
+        settings::check_settings(
+            &workspace_bin("fleet-controller"),
+            "controller.toml",
+            &base,
+            &self.settings,
+        )
+    }
+
+    /// The controller's config.
+    fn render(
+        &self,
+        listen: SocketAddr,
+        state_dir: &Path,
+        [ca, cert, key]: [&Path; 3],
+        nodes: &[(String, SocketAddr)],
+    ) -> anyhow::Result<String> {
+        let mut text = format!(
+            "listen = \"{listen}\"\nstate_dir = {state_dir:?}\nheartbeat_timeout_s = {}\nnode_lost_after_s = {}\ntick_ms = {}\ntelemetry_interval_ms = {}\nslots_per_node = {}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            self.heartbeat_timeout_s,
+            self.node_lost_after_s,
+            self.tick_ms,
+            self.telemetry_interval_ms,
+            self.slots_per_node,
+        );
+        for (node, addr) in nodes {
+            text.push_str(&format!(
+                "\n[[nodes]]\nname = {node:?}\naddress = \"{addr}\"\n"
+            ));
+            if let Some((_, labels)) = self.labels.iter().find(|(n, _)| n == node) {
+                text.push_str("[nodes.labels]\n");
+                for (k, v) in labels {
+                    text.push_str(&format!("{k} = {v:?}\n"));
+                }
+            }
+        }
+        settings::apply(&text, &self.settings)
     }
 }
 
@@ -65,30 +144,14 @@ impl ControllerHandle {
         std::fs::create_dir_all(dir)?;
         let certs = pki.controller()?;
         let config = dir.join("controller.toml");
-        let mut text = format!(
-            "listen = \"{ip}:0\"\nstate_dir = {state:?}\nheartbeat_timeout_s = {}\nnode_lost_after_s = {}\ntick_ms = {}\ntelemetry_interval_ms = {}\nslots_per_node = {}\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            options.heartbeat_timeout_s,
-            options.node_lost_after_s,
-            options.tick_ms,
-            options.telemetry_interval_ms,
-            options.slots_per_node,
-            certs.ca,
-            certs.cert,
-            certs.key,
-            state = dir.join("state"),
-        );
-        for a in agents {
-            text.push_str(&format!(
-                "\n[[nodes]]\nname = {:?}\naddress = \"{}\"\n",
-                a.node, a.addr
-            ));
-            if let Some((_, labels)) = options.labels.iter().find(|(n, _)| *n == a.node) {
-                text.push_str("[nodes.labels]\n");
-                for (k, v) in labels {
-                    text.push_str(&format!("{k} = {v:?}\n"));
-                }
-            }
-        }
+        let nodes: Vec<(String, SocketAddr)> =
+            agents.iter().map(|a| (a.node.clone(), a.addr)).collect();
+        let text = options.render(
+            SocketAddr::new(ip, 0),
+            &dir.join("state"),
+            [&certs.ca, &certs.cert, &certs.key],
+            &nodes,
+        )?;
         std::fs::write(&config, text)?;
         let mut c = ControllerHandle {
             addr: SocketAddr::new(ip, 0),
@@ -123,12 +186,22 @@ impl ControllerHandle {
             .spawn()
             .context("spawn fleet-controller")?;
         self.child = Some(child);
+        let (child, log) = (&mut self.child, &self.log);
         let text = wait_for(
             "the controller to bind its listener",
             Duration::from_secs(30),
             || {
+                let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
                 let f = addr_file.clone();
-                async move { Ok(std::fs::read_to_string(&f).ok().into()) }
+                async move {
+                    if let Some(status) = exited {
+                        anyhow::bail!(
+                            "fleet-controller exited ({status}) before it listened; the end of its log:\n{}",
+                            process::log_tail(log, 20)
+                        );
+                    }
+                    Ok(std::fs::read_to_string(&f).ok().into())
+                }
             },
         )
         .await
@@ -170,6 +243,61 @@ impl ControllerHandle {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
         self.spawn().await
+    }
+
+    /// The pid of the controller this handle started last, exited or not.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// The controller's pid while it runs (frozen included); None once it
+    /// has exited.
+    pub fn running_pid(&mut self) -> Option<u32> {
+        process::running_pid(&mut self.child)
+    }
+
+    /// Sends `signal` and waits for its effect: see [`process::send`].
+    pub async fn signal(&mut self, signal: Signal) -> anyhow::Result<()> {
+        process::send(&mut self.child, signal, "the controller").await
+    }
+
+    /// A graceful stop (SIGTERM, SIGKILL after [`process::STOP_GRACE`]).
+    /// Nothing when it is not running.
+    pub async fn stop(&mut self) -> anyhow::Result<process::Stopped> {
+        process::stop(&mut self.child, process::STOP_GRACE).await
+    }
+
+    /// Starts the controller again, on the same config and store, after
+    /// it was stopped or killed; refused while it runs (frozen included).
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        match self.running_pid() {
+            Some(pid) if process::state(pid) == process::State::Frozen => anyhow::bail!(
+                "the controller is frozen (SIGSTOP, pid {pid}); send it SIGCONT instead"
+            ),
+            Some(pid) => anyhow::bail!("the controller already runs (pid {pid})"),
+            None => self.spawn().await,
+        }
+    }
+
+    /// Waits until the controller answers `ListNodes` as `certs`.
+    pub async fn wait_serving(&self, certs: &CertFiles, timeout: Duration) -> anyhow::Result<()> {
+        let what = format!("the controller to answer at {}", self.addr);
+        wait_for(what, timeout, || async {
+            let attempt = async {
+                let mut c = self.client_as(certs).await?;
+                c.list_nodes(v1::ListNodesRequest::default()).await?;
+                anyhow::Ok(())
+            };
+            Ok(
+                match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                    Ok(Ok(())) => Check::Ready(()),
+                    Ok(Err(e)) => Check::not_yet(format!("{e:#}")),
+                    Err(_) => Check::not_yet("no answer within 5s"),
+                },
+            )
+        })
+        .await?;
+        Ok(())
     }
 
     pub async fn client_as(&self, certs: &CertFiles) -> anyhow::Result<ControllerClient<Channel>> {

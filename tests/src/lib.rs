@@ -11,5 +11,7 @@ pub mod controller;
 pub mod hwsim;
 pub mod pki;
 pub mod poll;
+pub mod process;
+pub mod settings;
 pub mod testbed;
 pub mod tlsprobe;

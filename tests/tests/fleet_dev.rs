@@ -584,3 +584,378 @@ async fn down_cleans_up_after_a_killed_fleet_dev() {
     let again = run_ok(&["down"], dir).await;
     assert!(again.contains("nothing is running"), "{again}");
 }
+
+// ---------------------------------------------------------------------------
+// Faults: restart, kill, start, reboot, and settings at `up`
+
+/// How long a fault test waits for one condition.
+const FAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs fleet-dev to the end: success, stdout, stderr.
+async fn run(args: &[&str], dir: &Path) -> (bool, String, String) {
+    let out = fleet_dev()
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A property of a unit, read from the board's systemd itself (through
+/// its private socket in the board's runtime directory), not from the
+/// agent.
+async fn unit_property(board_dir: &Path, unit: &str, property: &str) -> String {
+    let out = tokio::process::Command::new("systemctl")
+        .args(["--user", "show", unit, "--value", "-p", property])
+        .env("XDG_RUNTIME_DIR", board_dir.join("run"))
+        .env(
+            "DBUS_SESSION_BUS_ADDRESS",
+            format!("unix:path={}", board_dir.join("run/bus").display()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemctl show {unit}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn node_json<'a>(fleet: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    fleet["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {fleet}"))
+}
+
+/// Waits until the controller has `node` connected, with telemetry.
+async fn wait_connected(c: &ControllerClient<Channel>, node: &str) {
+    fleet_testbed::poll::wait_for(
+        format!("the controller to have {node} connected"),
+        FAULT_DEADLINE,
+        || async {
+            let nodes = match c.clone().list_nodes(v1::ListNodesRequest::default()).await {
+                Ok(r) => r.into_inner().nodes,
+                Err(e) => return Ok(fleet_testbed::poll::Check::not_yet(e.message().to_owned())),
+            };
+            let n = nodes.iter().find(|n| n.name == node);
+            Ok(n.filter(|n| {
+                n.connection() == v1::NodeConnection::Connected && n.telemetry.is_some()
+            })
+            .map(|_| ())
+            .into())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+fn connects(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(1)).is_ok()
+}
+
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_kills_and_reboots_keep_ports_and_experiments() {
+    require_systemd("fleet-dev-faults-probe").await;
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _down = DownOnDrop(dir);
+    run_ok(
+        &[
+            "up",
+            "--detach",
+            "--nodes",
+            "2",
+            "--controller-set",
+            "node_lost_after_s=600",
+            // A frozen agent is seen as unreachable soon.
+            "--controller-set",
+            "heartbeat_timeout_s=3",
+            "--agent-set",
+            "guard.cooldown_s=7",
+        ],
+        dir,
+    )
+    .await;
+    let fleet = fleet_json(dir);
+    let ctl_addr = fleet["controller"].as_str().unwrap().to_owned();
+
+    // The settings are in the configs the daemons run with.
+    let ctl_toml: toml::Table = std::fs::read_to_string(path(&fleet["controller_config"]))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ctl_toml["node_lost_after_s"].as_integer(), Some(600));
+    assert_eq!(ctl_toml["heartbeat_timeout_s"].as_integer(), Some(3));
+    for n in fleet["nodes"].as_array().unwrap() {
+        let agent_toml: toml::Table = std::fs::read_to_string(path(&n["dir"]).join("agent.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(agent_toml["guard"]["cooldown_s"].as_integer(), Some(7));
+        // Started on port 0, kept on the port it got.
+        assert_eq!(agent_toml["listen"].as_str(), n["agent"].as_str());
+    }
+
+    // An experiment that runs until stopped.
+    let mut c = controller(&fleet).await;
+    for n in ["jetson-01", "jetson-02"] {
+        wait_connected(&c, n).await;
+    }
+    c.submit(v1::SubmitRequest {
+        spec: Some(v1::ExperimentSpec {
+            id: "steady".into(),
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
+            ],
+            lifecycle: Some(v1::Lifecycle {
+                stop_timeout: "5s".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        dry_run: false,
+    })
+    .await
+    .unwrap();
+    let running = |e: &v1::Experiment| e.phase() == ExperimentPhase::Running;
+    let e = fleet_testbed::controller::wait_experiment(
+        &c,
+        "steady",
+        "steady to run",
+        FAULT_DEADLINE,
+        running,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let node = e.node.clone();
+    let other = if node == "jetson-01" {
+        "jetson-02"
+    } else {
+        "jetson-01"
+    };
+    let board_dir = path(&node_json(&fleet, &node)["dir"]);
+    let unit = "brain-experiment@steady.service";
+    let invocation = unit_property(&board_dir, unit, "InvocationID").await;
+    assert_eq!(invocation.len(), 32, "{invocation:?}");
+    let epoch = e.epoch;
+    // The experiment is the same run, on the same board, still running
+    // in the same invocation of its unit.
+    let same_run = |what: &'static str| {
+        let (c, board_dir, node, invocation) = (&c, &board_dir, &node, &invocation);
+        async move {
+            let e = fleet_testbed::controller::wait_experiment(
+                c,
+                "steady",
+                &format!("steady to run after {what}"),
+                FAULT_DEADLINE,
+                running,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!((&e.node, e.epoch), (node, epoch), "after {what}: {e:?}");
+            assert_eq!(
+                &unit_property(board_dir, unit, "InvocationID").await,
+                invocation,
+                "after {what}"
+            );
+        }
+    };
+
+    // Restart the controller: same port; the client made before it, and
+    // fleetctl, work again; the experiment is still there, still running.
+    let t = Instant::now();
+    let out = run_ok(&["restart", "controller"], dir).await;
+    eprintln!("restart controller took {:?}: {out}", t.elapsed());
+    assert!(out.contains(&format!("answers at {ctl_addr}")), "{out}");
+    let after = fleet_json(dir);
+    assert_eq!(after["controller"], fleet["controller"]);
+    assert_ne!(after["controller_pid"], fleet["controller_pid"]);
+    wait_connected(&c, &node).await;
+    same_run("a controller restart").await;
+    let fleetctl = tokio::process::Command::new(fleet_testbed::agent::workspace_bin("fleetctl"))
+        .args(["status", "steady"])
+        .env("FLEET_CONFIG_FILE", dir.join("fleetctl.toml"))
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&fleetctl.stdout);
+    assert!(
+        fleetctl.status.success() && said.contains(&node),
+        "{said}\n{}",
+        String::from_utf8_lossy(&fleetctl.stderr)
+    );
+
+    // kill -9 the experiment's agent: it stays down (the port is closed)
+    // until started again, on the same port; systemd kept the experiment.
+    let agent_addr = node_json(&fleet, &node)["agent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run_ok(&["kill", "agent", &node], dir).await;
+    assert!(out.contains("was killed (SIGKILL)"), "{out}");
+    assert!(!connects(&agent_addr), "{agent_addr} still answers");
+    assert!(node_json(&fleet_json(dir), &node)["agent_pid"].is_null());
+    let (ok, _, err) = run(&["kill", "agent", &node], dir).await;
+    assert!(!ok && err.contains("is not running"), "{err}");
+    assert_eq!(
+        unit_property(&board_dir, unit, "InvocationID").await,
+        invocation
+    );
+    let out = run_ok(&["start", "agent", &node], dir).await;
+    assert!(out.contains(&format!("serves at {agent_addr}")), "{out}");
+    let (ok, _, err) = run(&["start", "agent", &node], dir).await;
+    assert!(!ok && err.contains("already runs"), "{err}");
+    assert_eq!(
+        node_json(&fleet_json(dir), &node)["agent"].as_str(),
+        Some(agent_addr.as_str())
+    );
+    wait_connected(&c, &node).await;
+    same_run("a kill -9 of its agent").await;
+
+    // Reboot the other board: its agent comes back, on the same port, and
+    // the controller connects to it again.
+    let other_addr = node_json(&fleet, other)["agent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_pid = node_json(&fleet, other)["agent_pid"].clone();
+    let t = Instant::now();
+    let out = run_ok(&["reboot", other], dir).await;
+    eprintln!("reboot took {:?}: {out}", t.elapsed());
+    assert!(
+        out.contains(&format!("{other} rebooted")) && out.contains(&other_addr),
+        "{out}"
+    );
+    let after = fleet_json(dir);
+    assert_eq!(
+        node_json(&after, other)["agent"].as_str(),
+        Some(&*other_addr)
+    );
+    assert_ne!(node_json(&after, other)["agent_pid"], other_pid);
+    wait_connected(&c, other).await;
+    same_run("a reboot of the other board").await;
+
+    // Freeze the other board's agent (SIGSTOP): its connections stay open
+    // and nothing answers, so the controller finds it silent; CONT thaws it.
+    let out = run_ok(&["kill", "agent", other, "--signal", "STOP"], dir).await;
+    assert!(out.contains("is frozen"), "{out}");
+    fleet_testbed::poll::wait_for(
+        format!("the controller to find {other} unreachable"),
+        FAULT_DEADLINE,
+        || async {
+            let nodes = c
+                .clone()
+                .list_nodes(v1::ListNodesRequest::default())
+                .await?
+                .into_inner()
+                .nodes;
+            let state = nodes
+                .iter()
+                .find(|n| n.name == other)
+                .map(|n| n.connection());
+            Ok((state == Some(v1::NodeConnection::Unreachable))
+                .then_some(())
+                .into())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (ok, _, err) = run(&["start", "agent", other], dir).await;
+    assert!(!ok && err.contains("is frozen"), "{err}");
+    let out = run_ok(&["kill", "agent", other, "--signal", "CONT"], dir).await;
+    assert!(out.contains("runs again"), "{out}");
+    wait_connected(&c, other).await;
+    same_run("a freeze of the other board's agent").await;
+
+    // Mistakes are refused, saying why.
+    for (args, says) in [
+        (
+            vec!["restart", "agent", "jetson-09"],
+            "no board \"jetson-09\"",
+        ),
+        (vec!["reboot", "jetson-09"], "no board \"jetson-09\""),
+        (vec!["start", "controller"], "already runs"),
+    ] {
+        let (ok, _, err) = run(&args, dir).await;
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+
+    // Down leaves nothing, whatever was restarted.
+    let footprint = Footprint::of(dir);
+    run_ok(&["down"], dir).await;
+    footprint.assert_nothing_left();
+    assert!(!dir.join("fleet-dev.sock").exists());
+    let (ok, _, err) = run(&["restart", "controller"], dir).await;
+    assert!(!ok && err.contains("no fleet-dev up runs"), "{err}");
+    eprintln!("faults test took {:?}", started.elapsed());
+}
+
+/// A setting the daemons would refuse stops `up` before anything starts:
+/// no directory, no boards, no processes. (Needs neither root nor
+/// systemd: the daemons' own `check-config` decides.)
+#[tokio::test]
+async fn settings_the_daemons_refuse_stop_up_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (
+            vec!["up", "--detach", "--controller-set", "bogus=1"],
+            vec![
+                "nothing was started",
+                "bogus=1",
+                "fleet-controller refuses it (exit 64)",
+                "unknown field `bogus`",
+                "heartbeat_timeout_s",
+            ],
+        ),
+        (
+            vec!["up", "--controller-set", "heartbeat_timeout_s=soon"],
+            vec!["heartbeat_timeout_s=soon", "invalid type"],
+        ),
+        (
+            vec![
+                "up",
+                "--agent-set",
+                "guard.cooldown_s=1",
+                "--agent-set",
+                "guard.bogus=2",
+            ],
+            vec![
+                "--agent-set",
+                "guard.bogus=2",
+                "fleet-agent refuses it (exit 64)",
+                "unknown field `bogus`",
+            ],
+        ),
+        (
+            vec!["up", "--detach", "--agent-set", "listen=\"0.0.0.0:1\""],
+            vec!["sets listen of the agent itself"],
+        ),
+    ] {
+        let dir = tmp.path().join("fleet");
+        let (ok, _, err) = run(&args, &dir).await;
+        assert!(!ok, "{args:?} was accepted");
+        for s in says {
+            assert!(err.contains(s), "{args:?}: {s:?} not in:\n{err}");
+        }
+        assert!(!dir.exists(), "{args:?} made {}", dir.display());
+    }
+}

@@ -60,6 +60,7 @@ async fn board(name: &str, n: u8, fixture: Fixture) -> Rig {
         sampling_ms: Some(INTERVAL.as_millis() as u64),
         extra_env: Vec::new(),
         metrics_listen: None,
+        settings: Vec::new(),
     };
     let agent = AgentHandle::start_with(
         &board,

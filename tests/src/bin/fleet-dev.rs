@@ -20,12 +20,24 @@
 //!
 //! `fleet-dev heat` pins a board's zone (a scripted heat event) while the
 //! fleet runs; `fleet-dev watch` follows a board's telemetry (`WatchNode`).
+//!
+//! Faults: `fleet-dev restart controller|agent NODE`, `kill controller|agent
+//! NODE [--signal KILL|TERM|STOP|CONT]`, `start controller|agent NODE` and
+//! `reboot NODE` are requests to the running `up`, which owns the processes
+//! and boards: one JSON line over the Unix socket `D/fleet-dev.sock`,
+//! answered with one JSON line once the action is done (see [`Control`]).
+//! The controller and the agents keep their address and port across
+//! restarts (each is started once on port 0 and its config then names the
+//! port it got). `up --controller-set KEY=VALUE` and `--agent-set KEY=VALUE`
+//! change the daemons' configs; the daemons' own `check-config` refuses an
+//! unknown key or a bad value before anything starts.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -38,8 +50,12 @@ use fleet_testbed::agent::{AgentHandle, AgentOptions};
 use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
 use fleet_testbed::hwsim::{self, Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::{CertFiles, TestPki};
+use fleet_testbed::process::Signal;
+use fleet_testbed::settings::Setting;
 use fleet_testbed::testbed::{Board, Layout, Testbed};
 use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
 /// The running `up`'s process id, one line.
@@ -47,6 +63,11 @@ const PIDFILE: &str = "fleet-dev.pid";
 /// Where a detached `up` writes its output.
 const LOGFILE: &str = "fleet-dev.log";
 const FLEET_JSON: &str = "fleet.json";
+/// The running `up`'s control socket: `restart`, `kill`, `start` and
+/// `reboot` send it their request.
+const SOCKET: &str = "fleet-dev.sock";
+/// How long a restarted controller or agent may take to answer again.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `up --detach` waits for the fleet to be ready.
 const DETACH_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long `down` waits for a running `up` to stop after SIGTERM.
@@ -57,7 +78,21 @@ const DOWN_TIMEOUT: Duration = Duration::from_secs(90);
 const HEAT_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
-#[command(name = "fleet-dev", about = "A local fleet of simulated Jetson boards")]
+#[command(
+    name = "fleet-dev",
+    about = "A local fleet of simulated Jetson boards",
+    after_help = "Faults, from another shell while `up` runs (foreground or --detach):\n  \
+        fleet-dev restart controller | agent NODE      stop gracefully, start again on the same port\n  \
+        fleet-dev kill controller | agent NODE [--signal KILL|TERM|STOP|CONT]\n                                                 \
+        KILL (default) and TERM end it, not restarted; STOP freezes it\n                                                 \
+        (a partition-like silence), CONT thaws it\n  \
+        fleet-dev start controller | agent NODE        start it again after a kill\n  \
+        fleet-dev reboot NODE                          reboot a board: its systemd stops every unit,\n                                                 \
+        /run is wiped, enabled units start again, the agent comes back\n\
+        Each waits until it is done (answering again, frozen, rebooted) and exits non-zero, saying why, when not.\n\
+        Settings at up: --controller-set heartbeat_timeout_s=5, --agent-set guard.cooldown_s=1 (repeatable;\n\
+        keys as `fleet-controller gen-config` / `fleet-agent gen-config` print them; an unknown key is refused)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -90,6 +125,49 @@ enum Cmd {
         #[arg(long, conflicts_with = "celsius")]
         release: bool,
     },
+    /// Stop the controller or a board's agent gracefully and start it
+    /// again on the same address; waits until it answers again.
+    Restart {
+        /// The directory given to `up`.
+        #[arg(long, default_value = "fleet-dev")]
+        dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a signal to the controller or a board's agent, without
+    /// restarting it: KILL (kill -9, the default) and TERM end it (`start`
+    /// brings it back), STOP freezes it (connections stay open, nothing
+    /// answers: a partition-like silence), CONT thaws it.
+    Kill {
+        /// The directory given to `up`.
+        #[arg(long, default_value = "fleet-dev")]
+        dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// KILL, TERM, STOP or CONT.
+        #[arg(long, default_value = "KILL")]
+        signal: Signal,
+    },
+    /// Start the controller or a board's agent again after `kill`, on the
+    /// same address; waits until it answers.
+    Start {
+        /// The directory given to `up`.
+        #[arg(long, default_value = "fleet-dev")]
+        dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reboot a board: its systemd stops every unit and exits, its /run is
+    /// wiped, a new systemd starts what is enabled, and its agent starts
+    /// again (an enabled service on a real board); waits until the agent
+    /// answers.
+    Reboot {
+        /// The directory given to `up`.
+        #[arg(long, default_value = "fleet-dev")]
+        dir: PathBuf,
+        /// The board, e.g. jetson-01.
+        node: String,
+    },
     /// Follow a board's telemetry and events (`WatchNode`), one line each.
     Watch {
         /// The directory given to `up`.
@@ -106,6 +184,22 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+}
+
+/// `controller`, or `agent NODE`.
+#[derive(Args, Clone)]
+struct Target {
+    /// controller or agent.
+    which: Daemon,
+    /// The agent's board, e.g. jetson-01.
+    #[arg(required_if_eq("which", "agent"))]
+    node: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Daemon {
+    Controller,
+    Agent,
 }
 
 #[derive(Args, Clone)]
@@ -138,6 +232,17 @@ struct UpArgs {
     /// How long the demo may take before it is reported as incomplete.
     #[arg(long, default_value_t = 180)]
     demo_deadline_s: u64,
+    /// Set a key of the controller's config, e.g. heartbeat_timeout_s=5
+    /// (repeatable; `fleet-controller gen-config` prints the keys). The
+    /// value is TOML; an unknown key or a bad value is refused before
+    /// anything starts.
+    #[arg(long = "controller-set", value_name = "KEY=VALUE")]
+    controller_set: Vec<Setting>,
+    /// Set a key of every agent's config, e.g. guard.cooldown_s=1 (dotted
+    /// for sections; repeatable; `fleet-agent gen-config` prints the keys).
+    /// Checked like --controller-set.
+    #[arg(long = "agent-set", value_name = "KEY=VALUE")]
+    agent_set: Vec<Setting>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -161,6 +266,39 @@ async fn main() -> anyhow::Result<()> {
             duration_s,
             quiet,
         } => watch(&dir, node.as_deref(), interval_ms, duration_s, quiet).await,
+        Cmd::Restart { dir, target } => send_control(&dir, target.request("restart", None)?).await,
+        Cmd::Kill {
+            dir,
+            target,
+            signal,
+        } => send_control(&dir, target.request("kill", Some(signal))?).await,
+        Cmd::Start { dir, target } => send_control(&dir, target.request("start", None)?).await,
+        Cmd::Reboot { dir, node } => {
+            send_control(
+                &dir,
+                serde_json::json!({ "action": "reboot", "node": node }),
+            )
+            .await
+        }
+    }
+}
+
+impl Target {
+    /// The request for the control socket.
+    fn request(&self, action: &str, signal: Option<Signal>) -> anyhow::Result<serde_json::Value> {
+        let target = match (self.which, &self.node) {
+            (Daemon::Controller, Some(node)) => anyhow::bail!(
+                "the controller belongs to no board: give no node ({node:?}), or say `agent {node}`"
+            ),
+            (Daemon::Controller, None) => "controller",
+            (Daemon::Agent, _) => "agent",
+        };
+        Ok(serde_json::json!({
+            "action": action,
+            "target": target,
+            "node": self.node,
+            "signal": signal.map(|s| s.to_string()),
+        }))
     }
 }
 
@@ -174,12 +312,49 @@ struct Fleet {
     boards: Vec<Board>,
     fixtures: Vec<Fixture>,
     hardware: Vec<HwSim>,
-    agents: Vec<AgentHandle>,
-    controller: Option<ControllerHandle>,
+    /// Shared with the control socket, which restarts and kills them.
+    agents: Vec<Arc<Mutex<AgentHandle>>>,
+    controller: Option<Arc<Mutex<ControllerHandle>>>,
     admin: Option<CertFiles>,
 }
 
+/// The agents' options for `args` (the board's simulated hardware when
+/// there is one).
+fn agent_options(args: &UpArgs, hardware: Option<HwSim>) -> AgentOptions {
+    AgentOptions {
+        hardware,
+        sampling_ms: args.sampling_ms.or(args.demo.then_some(500)),
+        // The demo's boards cool down quickly after a thermal stop.
+        guard_toml: args.demo.then(|| "[guard]\ncooldown_s = 5\n".to_owned()),
+        settings: args.agent_set.clone(),
+        ..AgentOptions::default()
+    }
+}
+
+fn controller_options(args: &UpArgs) -> ControllerOptions {
+    let (tick_ms, telemetry_interval_ms) = if args.demo { (250, 500) } else { (500, 1000) };
+    ControllerOptions {
+        tick_ms,
+        telemetry_interval_ms,
+        settings: args.controller_set.clone(),
+        ..ControllerOptions::default()
+    }
+}
+
+/// Refuses, before anything starts, a --controller-set or --agent-set the
+/// daemon would refuse (their own `check-config` decides).
+fn check_settings(args: &UpArgs) -> anyhow::Result<()> {
+    controller_options(args)
+        .check()
+        .context("--controller-set: the controller would refuse its config; nothing was started")?;
+    agent_options(args, None)
+        .check()
+        .context("--agent-set: the agents would refuse their config; nothing was started")?;
+    Ok(())
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    check_settings(&args)?;
     let nodes = args.nodes.unwrap_or(if args.demo { 3 } else { 1 });
     anyhow::ensure!(
         (1..=50).contains(&nodes),
@@ -256,8 +431,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let shutdown = bed.shutdown().await;
+    // What the control socket changed (pids) stays; the state does not.
+    if let Ok(file) = FleetFile::read(&dir) {
+        if file.json["pid"] == me {
+            state = file.json;
+        }
+    }
     state["state"] = "stopped".into();
     let _ = write_json(&dir.join(FLEET_JSON), &state);
+    let _ = std::fs::remove_file(dir.join(SOCKET));
     let _ = std::fs::remove_file(dir.join(PIDFILE));
     shutdown?;
     println!("stopped; nothing left running");
@@ -300,7 +482,6 @@ async fn run(
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     println!("starting {} simulated board(s)…", names.len());
     fleet.boards = bed.add_boards(&name_refs).await?;
-    let sampling_ms = args.sampling_ms.or(args.demo.then_some(500));
     for (i, board) in fleet.boards.clone().iter().enumerate() {
         let fixture = args.boards[i % args.boards.len()];
         let params = if args.demo {
@@ -316,14 +497,9 @@ async fn run(
         fleet.hardware.push(hw.clone());
         fleet.fixtures.push(fixture);
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8 + 1));
-        let options = AgentOptions {
-            hardware: Some(hw),
-            sampling_ms,
-            // The demo's boards cool down quickly after a thermal stop.
-            guard_toml: args.demo.then(|| "[guard]\ncooldown_s = 5\n".to_owned()),
-            ..AgentOptions::default()
-        };
-        let agent = AgentHandle::start_with(board, &pki, ip, options).await?;
+        let agent = AgentHandle::start_with(board, &pki, ip, agent_options(args, Some(hw))).await?;
+        // Restarts, kills and reboots bring it back on the same port.
+        agent.keep_address()?;
         println!(
             "  {} ({}, {}) agent at {}",
             board.name(),
@@ -331,38 +507,72 @@ async fn run(
             fixture.model(),
             agent.addr
         );
-        fleet.agents.push(agent);
+        fleet.agents.push(Arc::new(Mutex::new(agent)));
     }
     let admin = pki.user("dev-admin", Role::Admin)?;
     fleet.admin = Some(admin.clone());
-    let agent_refs: Vec<&AgentHandle> = fleet.agents.iter().collect();
-    let (tick_ms, telemetry_interval_ms) = if args.demo { (250, 500) } else { (500, 1000) };
+    let mut agent_handles = Vec::new();
+    for a in &fleet.agents {
+        agent_handles.push(a.lock().await);
+    }
+    let agent_refs: Vec<&AgentHandle> = agent_handles.iter().map(|a| &**a).collect();
     let controller = ControllerHandle::start(
         &dir.join("controller"),
         &pki,
         IpAddr::V4(Ipv4Addr::new(127, 0, 1, 100)),
         &agent_refs,
-        &ControllerOptions {
-            tick_ms,
-            telemetry_interval_ms,
-            ..ControllerOptions::default()
-        },
+        &controller_options(args),
     )
     .await?;
+    drop(agent_refs);
+    drop(agent_handles);
+    controller.keep_address()?;
     println!("  controller at {}", controller.addr);
-    fleet.controller = Some(controller);
-    write_fleet_files(dir, &pki, &admin, fleet, state)?;
-    let controller = fleet.controller.as_ref().expect("just started");
+    let controller_addr = controller.addr;
+    fleet.controller = Some(Arc::new(Mutex::new(controller)));
+    let control = Control::new(dir, fleet, &admin)?;
+    let listener = control.bind()?;
+    write_fleet_files(dir, &pki, &admin, fleet, state).await?;
+    let controller = connect_controller(controller_addr, &admin).await?;
+    if args.once && !args.demo {
+        return Ok(());
+    }
+    tokio::select! {
+        r = serve_fleet(args, dir, fleet, controller, &admin) => r,
+        r = control.serve(listener) => r,
+    }
+}
 
+/// The controller's gRPC client as `admin`. It reconnects by itself after
+/// the controller restarts (on the same address).
+async fn connect_controller(
+    addr: std::net::SocketAddr,
+    admin: &CertFiles,
+) -> anyhow::Result<ControllerClient<Channel>> {
+    Ok(ControllerClient::new(
+        admin
+            .client()?
+            .connect(addr, fleet_proto::tls::Expect::Controller)
+            .await?,
+    ))
+}
+
+/// The demo (with --demo), then the live summary until stopped.
+async fn serve_fleet(
+    args: &UpArgs,
+    dir: &Path,
+    fleet: &Fleet,
+    controller: ControllerClient<Channel>,
+    admin: &CertFiles,
+) -> anyhow::Result<()> {
     if args.demo {
         let outcome = run_demo(
-            controller,
-            &admin,
+            controller.clone(),
             fleet,
             Duration::from_secs(args.demo_deadline_s),
         )
         .await?;
-        let mut c = fleet.agents[0].client_as(&admin).await?;
+        let mut c = fleet.agents[0].lock().await.client_as(admin).await?;
         show_node(&mut c).await?;
         if args.once {
             anyhow::ensure!(
@@ -380,7 +590,7 @@ async fn run(
         "\nfleet is up; Ctrl-C stops it (or, from another shell, fleet-dev down --dir {})",
         dir.display()
     );
-    live_summary(controller, &admin).await
+    live_summary(controller).await
 }
 
 /// The demo's thermal model: quick (τ = 6 s), and one board with a weak
@@ -401,24 +611,52 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
         .with_context(|| format!("write {}", path.display()))
 }
 
-fn write_fleet_files(
+/// What fleet.json says of a running agent or controller.
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    pid: Option<u32>,
+    log: PathBuf,
+}
+
+async fn write_fleet_files(
     dir: &Path,
     pki: &TestPki,
     admin: &CertFiles,
     fleet: &Fleet,
     state: &mut serde_json::Value,
 ) -> anyhow::Result<()> {
-    let controller = fleet.controller.as_ref().context("no controller")?;
+    let controller = {
+        let mut c = fleet
+            .controller
+            .as_ref()
+            .context("no controller")?
+            .lock()
+            .await;
+        Endpoint {
+            addr: c.addr,
+            pid: c.running_pid(),
+            log: c.log.clone(),
+        }
+    };
+    let mut agents = Vec::new();
+    for a in &fleet.agents {
+        let mut a = a.lock().await;
+        agents.push(Endpoint {
+            addr: a.addr,
+            pid: a.running_pid(),
+            log: a.log.clone(),
+        });
+    }
     let nodes: Vec<serde_json::Value> = fleet
         .boards
         .iter()
-        .zip(&fleet.agents)
+        .zip(&agents)
         .zip(&fleet.hardware)
         .map(|((b, a), hw)| {
             serde_json::json!({
                 "name": b.name(),
                 "agent": a.addr.to_string(),
-                "agent_pid": a.pid(),
+                "agent_pid": a.pid,
                 "dir": b.dir(),
                 "agent_log": a.log,
                 "hardware": hw.fixture().name(),
@@ -435,7 +673,9 @@ fn write_fleet_files(
     state["admin_cert"] = serde_json::json!(admin.cert);
     state["admin_key"] = serde_json::json!(admin.key);
     state["controller"] = controller.addr.to_string().into();
+    state["controller_pid"] = controller.pid.into();
     state["controller_log"] = serde_json::json!(controller.log);
+    state["control_socket"] = serde_json::json!(dir.join(SOCKET));
     state["nodes"] = nodes.into();
     let mut ctl = format!(
         "current_context = \"dev\"\n\n[contexts.dev]\ncontroller = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
@@ -444,7 +684,7 @@ fn write_fleet_files(
         admin.cert,
         admin.key
     );
-    for (b, a) in fleet.boards.iter().zip(&fleet.agents) {
+    for (b, a) in fleet.boards.iter().zip(&agents) {
         ctl.push_str(&format!(
             "\n[contexts.{name}]\nagent = {:?}\nnode = {name:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             a.addr.to_string(),
@@ -467,12 +707,13 @@ fn write_fleet_files(
         None => format!("  export FLEET_CONFIG_FILE={}", ctl_path.display()),
     };
     println!(
-        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n{}\n  cargo run -q -p fleetctl -- nodes\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}\n  cargo run -q -p fleet-testbed --bin fleet-dev -- down --dir {}",
+        "\nwrote {}/fleet.json and {}\ntry, in another shell:\n{}\n  cargo run -q -p fleetctl -- nodes\n  cargo run -q -p fleetctl -- ps\n  cargo run -q -p fleet-testbed --bin fleet-dev -- heat --dir {} {} gpu 80   # a heat event; --release ends it\n  cargo run -q -p fleet-testbed --bin fleet-dev -- watch --dir {}\n  cargo run -q -p fleet-testbed --bin fleet-dev -- restart --dir {} controller   # also: kill, start, reboot (see --help)\n  cargo run -q -p fleet-testbed --bin fleet-dev -- down --dir {}",
         dir.display(),
         ctl_path.display(),
         export,
         dir.display(),
         fleet.boards[0].name(),
+        dir.display(),
         dir.display(),
         dir.display(),
     );
@@ -518,8 +759,7 @@ fn install_default_config(ctl: &str, dir: &Path) -> anyhow::Result<Option<PathBu
 
 /// One line whenever the fleet changes (a phase, a placement, a thermal
 /// state) and at most every 30 s otherwise, until the process is stopped.
-async fn live_summary(controller: &ControllerHandle, admin: &CertFiles) -> anyhow::Result<()> {
-    let mut c = controller.client_as(admin).await?;
+async fn live_summary(mut c: ControllerClient<Channel>) -> anyhow::Result<()> {
     let mut last_key = String::new();
     let mut last_print = Instant::now();
     loop {
@@ -572,11 +812,360 @@ async fn live_summary(controller: &ControllerHandle, admin: &CertFiles) -> anyho
 }
 
 // ---------------------------------------------------------------------------
+// The control socket: restart, kill, start, reboot
+
+/// What the control socket acts on: the running `up`'s own processes and
+/// boards. Requests come one JSON line per connection, `{"action":
+/// "restart"|"kill"|"start"|"reboot", "target": "controller"|"agent",
+/// "node": …, "signal": …}`; the answer is one JSON line, `{"ok": true,
+/// "message": …}` or `{"ok": false, "error": …}`, sent once the action is
+/// done. Actions on different processes run at the same time; actions on
+/// one process wait for each other.
+#[derive(Clone)]
+struct Control {
+    dir: PathBuf,
+    admin: CertFiles,
+    controller: Arc<Mutex<ControllerHandle>>,
+    agents: Vec<(Board, Arc<Mutex<AgentHandle>>)>,
+}
+
+impl Control {
+    fn new(dir: &Path, fleet: &Fleet, admin: &CertFiles) -> anyhow::Result<Control> {
+        Ok(Control {
+            dir: dir.to_owned(),
+            admin: admin.clone(),
+            controller: fleet.controller.clone().context("no controller")?,
+            agents: fleet
+                .boards
+                .iter()
+                .cloned()
+                .zip(fleet.agents.iter().cloned())
+                .collect(),
+        })
+    }
+
+    fn bind(&self) -> anyhow::Result<tokio::net::UnixListener> {
+        let path = self.dir.join(SOCKET);
+        let _ = std::fs::remove_file(&path);
+        with_socket_path(&path, |p| tokio::net::UnixListener::bind(p))
+            .with_context(|| format!("listen on {}", path.display()))
+    }
+
+    async fn serve(self, listener: tokio::net::UnixListener) -> anyhow::Result<()> {
+        let mut connections = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => connections.push(self.clone().connection(stream)),
+                    Err(e) => eprintln!("[control] accept: {e}"),
+                },
+                Some(()) = connections.next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+
+    async fn connection(self, stream: tokio::net::UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let line = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            _ => return,
+        };
+        let started = Instant::now();
+        let reply = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(request) => {
+                let what = describe_request(&request);
+                println!("[control] {what}…");
+                match self.act(&request).await {
+                    Ok(message) => {
+                        println!("[control] {what}: {message} ({:.1} s)", secs(started));
+                        serde_json::json!({ "ok": true, "message": message })
+                    }
+                    Err(e) => {
+                        println!("[control] {what} failed: {e:#}");
+                        serde_json::json!({ "ok": false, "error": format!("{e:#}") })
+                    }
+                }
+            }
+            Err(e) => serde_json::json!({ "ok": false, "error": format!("not a request: {e}") }),
+        };
+        if let Err(e) = self.record_pids() {
+            println!("[control] cannot update fleet.json: {e:#}");
+        }
+        let mut text = reply.to_string();
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+
+    fn agent(&self, node: Option<&str>) -> anyhow::Result<(&Board, &Arc<Mutex<AgentHandle>>)> {
+        let node = node.context("which agent? give its board's name")?;
+        self.agents
+            .iter()
+            .find(|(b, _)| b.name() == node)
+            .map(|(b, a)| (b, a))
+            .with_context(|| {
+                let names: Vec<&str> = self.agents.iter().map(|(b, _)| b.name()).collect();
+                format!(
+                    "no board {node:?} in this fleet; it has {}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    async fn act(&self, request: &serde_json::Value) -> anyhow::Result<String> {
+        let action = request["action"].as_str().unwrap_or_default();
+        let target = request["target"].as_str();
+        let node = request["node"].as_str();
+        let signal: Option<Signal> = match request["signal"].as_str() {
+            Some(s) => Some(s.parse().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        match (action, target) {
+            ("reboot", _) => {
+                let (board, agent) = self.agent(node)?;
+                let mut agent = agent.lock().await;
+                let started = Instant::now();
+                // As a shutdown does: the agent's service stops with the rest.
+                let stopped = agent.stop().await?;
+                board
+                    .reboot()
+                    .await
+                    .with_context(|| format!("reboot {}", board.name()))?;
+                let rebooted = secs(started);
+                agent.start_again(board).await?;
+                agent.wait_serving(&self.admin, SERVING_TIMEOUT).await?;
+                Ok(format!(
+                    "{} rebooted in {rebooted:.1} s{}; its agent serves again at {} (pid {})",
+                    board.name(),
+                    stop_note("its agent", stopped),
+                    agent.addr,
+                    pid_text(agent.pid())
+                ))
+            }
+            (_, Some("controller")) => {
+                let mut c = self.controller.lock().await;
+                let before = c.running_pid();
+                let mut note = String::new();
+                match action {
+                    "restart" => {
+                        note = stop_note("it", c.stop().await?);
+                        c.start_again().await?;
+                    }
+                    "start" => c.start_again().await?,
+                    "kill" => {
+                        let signal = signal.unwrap_or(Signal::Kill);
+                        if signal == Signal::Term {
+                            anyhow::ensure!(before.is_some(), "the controller is not running");
+                            note = stop_note("it", c.stop().await?);
+                        } else {
+                            c.signal(signal).await?;
+                        }
+                        return Ok(signalled("the controller", before, signal) + &note);
+                    }
+                    other => anyhow::bail!("unknown action {other:?}"),
+                }
+                c.wait_serving(&self.admin, SERVING_TIMEOUT).await?;
+                Ok(format!(
+                    "the controller answers at {} (pid {}{}){note}",
+                    c.addr,
+                    pid_text(c.pid()),
+                    before.map_or(String::new(), |p| format!(", was {p}"))
+                ))
+            }
+            (_, Some("agent")) => {
+                let (board, agent) = self.agent(node)?;
+                let what = format!("the agent of {}", board.name());
+                let mut a = agent.lock().await;
+                let before = a.running_pid();
+                let mut note = String::new();
+                match action {
+                    "restart" => {
+                        note = stop_note("it", a.stop().await?);
+                        a.start_again(board).await?;
+                    }
+                    "start" => a.start_again(board).await?,
+                    "kill" => {
+                        let signal = signal.unwrap_or(Signal::Kill);
+                        if signal == Signal::Term {
+                            anyhow::ensure!(before.is_some(), "{what} is not running");
+                            note = stop_note("it", a.stop().await?);
+                        } else {
+                            a.signal(signal).await?;
+                        }
+                        if signal == Signal::Cont {
+                            a.wait_serving(&self.admin, SERVING_TIMEOUT).await?;
+                        }
+                        return Ok(signalled(&what, before, signal) + &note);
+                    }
+                    other => anyhow::bail!("unknown action {other:?}"),
+                }
+                a.wait_serving(&self.admin, SERVING_TIMEOUT).await?;
+                Ok(format!(
+                    "{what} serves at {} (pid {}{}){note}",
+                    a.addr,
+                    pid_text(a.pid()),
+                    before.map_or(String::new(), |p| format!(", was {p}"))
+                ))
+            }
+            (_, other) => anyhow::bail!("unknown target {other:?}: controller or agent"),
+        }
+    }
+
+    /// Writes the pids as they are now into fleet.json. A process another
+    /// action holds is left as it is: that action records it when done.
+    fn record_pids(&self) -> anyhow::Result<()> {
+        let mut file = FleetFile::read(&self.dir)?;
+        if let Ok(mut c) = self.controller.try_lock() {
+            file.json["controller_pid"] = c.running_pid().into();
+        }
+        for (board, agent) in &self.agents {
+            let Ok(mut agent) = agent.try_lock() else {
+                continue;
+            };
+            let pid = agent.running_pid();
+            if let Some(nodes) = file.json["nodes"].as_array_mut() {
+                for n in nodes.iter_mut().filter(|n| n["name"] == board.name()) {
+                    n["agent_pid"] = pid.into();
+                }
+            }
+        }
+        write_json(&self.dir.join(FLEET_JSON), &file.json)
+    }
+}
+
+fn secs(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+/// What a reply adds when a graceful stop had to kill.
+fn stop_note(who: &str, stopped: fleet_testbed::process::Stopped) -> String {
+    match stopped {
+        fleet_testbed::process::Stopped::Killed => format!(
+            " ({who} did not exit within {:?} of SIGTERM and was killed, as systemd would after TimeoutStopSec)",
+            fleet_testbed::process::STOP_GRACE
+        ),
+        _ => String::new(),
+    }
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or("none".to_owned(), |p| p.to_string())
+}
+
+fn signalled(what: &str, pid: Option<u32>, signal: Signal) -> String {
+    let pid = pid_text(pid);
+    match signal {
+        Signal::Kill => {
+            format!("{what} (pid {pid}) was killed (SIGKILL); `fleet-dev start` brings it back")
+        }
+        Signal::Term => {
+            format!("{what} (pid {pid}) stopped (SIGTERM); `fleet-dev start` brings it back")
+        }
+        Signal::Stop => format!("{what} (pid {pid}) is frozen (SIGSTOP); `--signal CONT` thaws it"),
+        Signal::Cont => format!("{what} (pid {pid}) runs again (SIGCONT)"),
+    }
+}
+
+/// "restart the agent of jetson-01", for the log.
+fn describe_request(r: &serde_json::Value) -> String {
+    let action = r["action"].as_str().unwrap_or("?");
+    let node = r["node"].as_str().unwrap_or("?");
+    match (action, r["target"].as_str()) {
+        ("reboot", _) => format!("reboot {node}"),
+        ("kill", Some("agent")) => format!(
+            "SIG{} to the agent of {node}",
+            r["signal"].as_str().unwrap_or("KILL")
+        ),
+        ("kill", _) => format!(
+            "SIG{} to the controller",
+            r["signal"].as_str().unwrap_or("KILL")
+        ),
+        (action, Some("agent")) => format!("{action} the agent of {node}"),
+        (action, _) => format!("{action} the controller"),
+    }
+}
+
+/// Runs `f` on `path`, or, when it is too long for a unix socket address
+/// (107 bytes), on the same file named through a descriptor of its
+/// directory (`/proc/self/fd/N/<name>`).
+fn with_socket_path<T>(
+    path: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    if path.as_os_str().len() <= 100 {
+        return f(path);
+    }
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let dir = std::fs::File::open(parent)?;
+    let name = path.file_name().unwrap_or_default();
+    let short = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    f(&short)
+}
+
+/// Sends a request to the `up` running in `dir` and prints its answer; an
+/// error when it refused or failed.
+async fn send_control(dir: &Path, request: serde_json::Value) -> anyhow::Result<()> {
+    let dir = dir.canonicalize().with_context(|| {
+        format!(
+            "no fleet-dev up runs in {} (start one with `fleet-dev up --dir {}`)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let path = dir.join(SOCKET);
+    let stream = match with_socket_path(&path, |p| {
+        let std = std::os::unix::net::UnixStream::connect(p)?;
+        std.set_nonblocking(true)?;
+        Ok(std)
+    }) {
+        Ok(s) => tokio::net::UnixStream::from_std(s)?,
+        Err(e) => match running_owner(&dir) {
+            None => anyhow::bail!(
+                "no fleet-dev up runs in {} (start one with `fleet-dev up --dir {}`)",
+                dir.display(),
+                dir.display()
+            ),
+            Some(pid) => anyhow::bail!(
+                "fleet-dev up (pid {pid}) in {} takes no commands yet ({}: {e}); is it still starting?",
+                dir.display(),
+                path.display()
+            ),
+        },
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = request.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let answer = tokio::io::BufReader::new(read)
+        .lines()
+        .next_line()
+        .await
+        .context("read fleet-dev up's answer")?
+        .context("fleet-dev up stopped before it answered")?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&answer).context("fleet-dev up's answer")?;
+    if answer["ok"] == true {
+        println!("{}", answer["message"].as_str().unwrap_or("done"));
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} failed: {}",
+            describe_request(&request),
+            answer["error"].as_str().unwrap_or("no reason given")
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
 // --detach and down
 
 /// Runs `up` again in the background, in its own session, with its output in
 /// `<dir>/fleet-dev.log`, and waits until `fleet.json` says it is ready.
 fn detach(args: &UpArgs) -> anyhow::Result<()> {
+    check_settings(args)?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     if let Some(pid) = running_owner(&dir) {
@@ -747,6 +1336,7 @@ fn running_owner(dir: &Path) -> Option<u32> {
 fn clean_leftovers(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     let _ = std::fs::remove_file(dir.join(PIDFILE));
+    let _ = std::fs::remove_file(dir.join(SOCKET));
     let Ok(mut fleet) = FleetFile::read(dir) else {
         return Ok(done);
     };
@@ -1099,12 +1689,10 @@ fn secs_since(start: Instant) -> String {
 }
 
 async fn run_demo(
-    controller: &ControllerHandle,
-    admin: &CertFiles,
+    mut c: ControllerClient<Channel>,
     fleet: &Fleet,
     deadline: Duration,
 ) -> anyhow::Result<DemoOutcome> {
-    let mut c: ControllerClient<Channel> = controller.client_as(admin).await?;
     let started = Instant::now();
     let give_up = started + deadline;
     let names: Vec<String> = fleet.boards.iter().map(|b| b.name().to_owned()).collect();

@@ -346,13 +346,24 @@ fn enable_v2_controllers(dir: &Path) -> io::Result<()> {
 }
 
 fn collect_pids(dir: &Path, pids: &mut Vec<i32>) -> io::Result<()> {
+    // A cgroup removed while it is read (a manager prunes the empty ones
+    // below its root, e.g. right after the last process of a board's
+    // commands exited) reads as ENODEV, or is gone: it has no processes.
+    let gone = |e: &io::Error| {
+        e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+    };
     let procs = match fs::read_to_string(dir.join("cgroup.procs")) {
         Ok(procs) => procs,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if gone(&e) => return Ok(()),
         Err(e) => return Err(e),
     };
     pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-    for entry in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             collect_pids(&entry.path(), pids)?;
