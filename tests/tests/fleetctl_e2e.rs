@@ -786,6 +786,8 @@ fn varying_key(key: &str) -> bool {
         "memory_used_bytes",
         "memory_current_bytes",
         "memory_peak_bytes",
+        // The template's default limit is a share of the machine's memory.
+        "memory_max_bytes",
         "cpu_usage_nsec",
         "fan_pwm",
         "fan_rpm",
