@@ -216,6 +216,7 @@ impl App {
                 None
             }
         };
+        let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
         let server = Server::builder()
             .layer(AuthzLayer)
             .add_service(health_service)
@@ -224,6 +225,9 @@ impl App {
             .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown);
         tokio::select! {
             served = server => served?,
+            () = drain => {
+                tracing::info!(drain = ?fleet_proto::daemon::DRAIN, "closing the streams still open after the drain period");
+            }
             watched = watcher => {
                 // The bus went away (the manager restarted, or D-Bus did).
                 // Exit so systemd restarts the agent on a fresh connection;

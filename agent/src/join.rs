@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,50 +28,7 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// How long one attempt (connect and call) may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Capped exponential backoff with "equal jitter": the n-th wait is half of
-/// `min(first * 2^n, max)` plus a random part of the other half, so boards
-/// started together spread their retries and the waits still grow.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Backoff {
-            first,
-            max: max.max(first),
-            failures: 0,
-        }
-    }
-
-    /// The wait before the next attempt; `unit` in [0, 1] picks where in
-    /// the jittered half it falls.
-    pub fn next(&mut self, unit: f64) -> Duration {
-        let step = self
-            .first
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        let half = step / 2;
-        half + half.mul_f64(unit.clamp(0.0, 1.0))
-    }
-}
-
-/// A number in [0, 1) that differs between calls and between processes,
-/// from std's randomly keyed hasher: enough to spread retries, no RNG crate.
-pub fn jitter_unit() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.write_u128(now);
-    h.write_u32(std::process::id());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
+pub use fleet_proto::daemon::{jitter_unit, Backoff};
 
 /// Runs `attempt` (given its number, from 1) until it succeeds, waiting
 /// `backoff` between failures; each failure is logged with its cause and the

@@ -169,13 +169,20 @@ pub async fn run(
                 }
             })
         });
-    let served = Server::builder()
+    let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
+    let server = Server::builder()
         .layer(AuthzLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(v1::controller_server::ControllerServer::new(service))
-        .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown);
+    let served = tokio::select! {
+        served = server => served,
+        () = drain => {
+            tracing::info!(drain = ?fleet_proto::daemon::DRAIN, "closing the streams still open after the drain period");
+            Ok(())
+        }
+    };
     reconcile.abort();
     if let Some(w) = watchdog {
         w.abort();

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_proto::daemon::{jitter_unit, Backoff};
 use fleet_proto::tls::{ClientTls, Expect};
 use fleet_proto::v1::{self, agent_client::AgentClient};
 use futures_util::StreamExt;
@@ -58,10 +59,12 @@ pub struct Live {
 
 impl Live {
     /// Fresh, stale (unreachable) or down (lost), from the age of the last
-    /// message.
+    /// message only: a board is unreachable when it has been silent for the
+    /// heartbeat timeout, not the moment its stream drops (an agent restart
+    /// reconnects well within it, and nothing on the board changed).
     pub fn link(&self, now: Instant, heartbeat: Duration, lost_after: Duration) -> Link {
         match self.last_seen {
-            Some(t) if now.duration_since(t) < heartbeat && self.connected => Link::Fresh,
+            Some(t) if now.duration_since(t) < heartbeat => Link::Fresh,
             Some(t) if now.duration_since(t) < lost_after => Link::Stale,
             // Never heard of since the controller started: unreachable, not
             // lost, until node_lost_after has passed since start.
@@ -88,6 +91,10 @@ pub struct Links {
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that lasted this long is retried at once when it drops;
+/// one that drops sooner backs off, so a board that hangs up at once is not
+/// called in a tight loop.
+const HEALTHY: Duration = Duration::from_secs(1);
 
 fn now_us() -> i64 {
     std::time::SystemTime::now()
@@ -190,17 +197,33 @@ async fn run_link(
     live: Arc<Mutex<HashMap<String, Live>>>,
     heats: Arc<Mutex<RunHeats>>,
 ) {
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     loop {
-        match follow(&node, &mut client, interval, &reports, &live, &heats).await {
+        let mut connected_at = None;
+        match follow(
+            &node,
+            &mut client,
+            interval,
+            &reports,
+            &live,
+            &heats,
+            &mut connected_at,
+        )
+        .await
+        {
             Ok(()) => tracing::info!(%node, "agent stream ended; reconnecting"),
             Err(e) => tracing::debug!(%node, error = %e, "agent link down; retrying"),
         }
         if let Some(l) = live.lock().expect("not poisoned").get_mut(&node) {
             l.connected = false;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // A dropped stream that had been up (an agent restart, a controller
+        // behind a blip) is called again at once, then with backoff.
+        if connected_at.is_some_and(|t: Instant| t.elapsed() >= HEALTHY) {
+            backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
+            continue;
+        }
+        tokio::time::sleep(backoff.next(jitter_unit())).await;
     }
 }
 
@@ -213,6 +236,7 @@ async fn follow(
     reports: &mpsc::Sender<Report>,
     live: &Arc<Mutex<HashMap<String, Live>>>,
     heats: &Arc<Mutex<RunHeats>>,
+    connected_at: &mut Option<Instant>,
 ) -> Result<(), tonic::Status> {
     let info = client.get_node(v1::GetNodeRequest {}).await?.into_inner();
     // Subscribe before listing so no change falls between the two.
@@ -246,6 +270,7 @@ async fn follow(
         return Ok(());
     }
     tracing::info!(%node, "agent connected");
+    *connected_at = Some(Instant::now());
     while let Some(update) = stream.next().await {
         let update = update?;
         let heat_due = {

@@ -170,7 +170,7 @@ impl Reconciler {
             slots_per_node: s.slots_per_node,
         };
         views_with(store, &config, |name| {
-            live.get(name.as_str()).map(|l| node_live(l, now, s))
+            live.get(name.as_str()).map(|l| placement_live(l, now, s))
         })
     }
 
@@ -187,7 +187,7 @@ impl Reconciler {
                 slots_per_node: s.slots_per_node,
             };
             views_cached(&self.store, &config, &mut self.records, |name| {
-                live.get(name.as_str()).map(|l| node_live(l, now, s))
+                live.get(name.as_str()).map(|l| placement_live(l, now, s))
             })?
         };
         let policy = self.store.policy()?.map(|p| p.policy).unwrap_or_default();
@@ -1145,6 +1145,17 @@ pub fn node_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::l
         info: l.info.clone(),
         sample: l.sample.clone(),
     }
+}
+
+/// A node's live state as placement sees it: a board whose stream is down
+/// takes no new work, even while it is not yet silent for long enough to
+/// count as unreachable (the start would have no stream to report on).
+pub fn placement_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::live::NodeLive {
+    let mut v = node_live(l, now, s);
+    if v.link == Link::Fresh && !l.connected {
+        v.link = Link::Down;
+    }
+    v
 }
 
 /// The default policy when none was ever set.

@@ -1,5 +1,9 @@
 //! What both daemons (agent and controller) need alike: errors on one line
-//! for people and logs, and systemd's readiness and watchdog notifications.
+//! for people and logs, systemd's readiness and watchdog notifications, and
+//! one backoff with jitter for every retry loop.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
 
 /// The error and its causes on one line, each cause once.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -63,5 +67,108 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = sock.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+}
+
+/// Capped exponential backoff with "equal jitter": the n-th wait is half of
+/// `min(first * 2^n, max)` plus a random part of the other half, so boards
+/// started together spread their retries and the waits still grow.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            max: max.max(first),
+            failures: 0,
+        }
+    }
+
+    /// The wait before the next attempt; `unit` in [0, 1] picks where in
+    /// the jittered half it falls.
+    pub fn next(&mut self, unit: f64) -> Duration {
+        let step = self
+            .first
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let half = step / 2;
+        half + half.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A number in [0, 1) that differs between calls and between processes,
+/// from std's randomly keyed hasher: enough to spread retries, no RNG crate.
+pub fn jitter_unit() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How long a daemon waits, after its shutdown signal, for open calls and
+/// streams to finish before it closes them. A client holding a stream open
+/// (the controller's `WatchNode`, a `fleetctl events -f`) would otherwise
+/// keep the daemon up until systemd's stop timeout kills it, and a board
+/// whose agent restarts would look silent for that long.
+pub const DRAIN: Duration = Duration::from_secs(2);
+
+/// Splits `shutdown` in two: a future to hand the server as its graceful
+/// shutdown signal, and one that resolves `period` after that signal, when
+/// the server should stop waiting for open streams.
+pub fn drained(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    period: Duration,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    let deadline = async move {
+        if rx.wait_for(|fired| *fired).await.is_ok() {
+            tokio::time::sleep(period).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    (signal, deadline)
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_deadline_follows_the_signal_by_its_period() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (signal, deadline) = drained(
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(2),
+        );
+        let signal = tokio::spawn(signal);
+        let started = tokio::time::Instant::now();
+        let deadline = tokio::spawn(deadline);
+        // Nothing happens before the shutdown signal, however long.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!deadline.is_finished());
+        tx.send(()).unwrap();
+        signal.await.unwrap();
+        deadline.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(62));
     }
 }

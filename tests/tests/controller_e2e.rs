@@ -402,6 +402,99 @@ async fn a_critical_board_requeues_its_experiment_elsewhere_as_a_disruption() {
     f.finish().await;
 }
 
+/// Every event of the log so far.
+async fn all_events(admin: &ControllerClient<Channel>) -> Vec<v1::Event> {
+    let mut stream = admin
+        .clone()
+        .watch_events(v1::WatchEventsRequest {
+            from_seq: Some(0),
+            filter: None,
+            replay_only: true,
+        })
+        .await
+        .expect("events")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(ev) = stream.next().await {
+        out.push(ev.expect("event"));
+    }
+    out
+}
+
+/// Restarting an agent, gracefully or with kill -9, changes nothing on its
+/// board: the controller reconnects at once and, within the heartbeat
+/// timeout, never calls the board unreachable nor its experiments unknown.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_is_not_an_outage() {
+    let mut f = fleet("agentrestart", 32, ControllerOptions::default()).await;
+    f.wait_connected().await;
+    f.submit(sh("steady", FOREVER)).await.unwrap();
+    let first = f.wait("steady", "steady to run", running).await;
+    let i = f.index_of(&first.node);
+    f.agents[i].keep_address().unwrap();
+    let before = all_events(&f.admin).await;
+    let seq0 = before.last().map_or(0, |e| e.seq);
+    let connects = |events: &[v1::Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind() == v1::EventKind::NodeConnected && e.node == first.node)
+            .count()
+    };
+    for (expected, graceful) in (connects(&before) + 1..).zip([true, false, true, false]) {
+        let started = std::time::Instant::now();
+        if graceful {
+            // As systemd stops the agent: SIGTERM; the agent closes its
+            // streams after its drain period instead of waiting on them.
+            let stopped = f.agents[i].stop().await.unwrap();
+            assert_eq!(stopped, fleet_testbed::process::Stopped::Exited);
+        } else {
+            f.agents[i].kill9().await.unwrap();
+        }
+        f.agents[i].start_again(&f.boards[i]).await.unwrap();
+        wait_for("the controller to reconnect", DEADLINE, || async {
+            let n = connects(&all_events(&f.admin).await);
+            Ok(if n >= expected {
+                Check::Ready(())
+            } else {
+                Check::not_yet(format!("{n} connections of {expected}"))
+            })
+        })
+        .await
+        .unwrap();
+        eprintln!(
+            "agent restart (graceful: {graceful}) and reconnection took {:?}",
+            started.elapsed()
+        );
+    }
+    let after: Vec<v1::Event> = all_events(&f.admin)
+        .await
+        .into_iter()
+        .filter(|e| e.seq > seq0)
+        .collect();
+    let outages: Vec<&v1::Event> = after
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind(),
+                v1::EventKind::NodeUnreachable
+                    | v1::EventKind::NodeLost
+                    | v1::EventKind::PhaseChanged
+                    | v1::EventKind::Disrupted
+                    | v1::EventKind::Placed
+            )
+        })
+        .collect();
+    assert!(outages.is_empty(), "{outages:#?}");
+    let now = f.get("steady").await;
+    assert_eq!(now.phase(), ExperimentPhase::Running);
+    assert_eq!((now.epoch, now.runs.len()), (first.epoch, 1), "{now:?}");
+    f.finish().await;
+}
+
 /// A run killed by a SIGTERM that fleet did not send (a `kill`, a
 /// `systemctl stop` on the board) failed: the controller does not record it
 /// as a success and drop the work.
