@@ -161,6 +161,7 @@ pub async fn submit(
                     experiment: None,
                     decision: None,
                     event_seq: None,
+                    already_submitted: false,
                 });
             }
             Err(status) => errors.push(CliError::rpc(format!("submit {file}"), status)),

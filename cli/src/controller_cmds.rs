@@ -240,8 +240,13 @@ pub async fn submit(
                 print_dry_run(&file, &spec_view, decision.as_ref(), out)?;
             } else {
                 let phase = experiment.as_ref().map_or("submitted", |e| e.phase);
+                let verb = if reply.already_submitted {
+                    "already submitted (the same spec)"
+                } else {
+                    "submitted"
+                };
                 let mut text = format!(
-                    "submitted {} from {file}: {}",
+                    "{verb} {} from {file}: {}",
                     spec.id,
                     out.paint(phase, phase_color(phase))
                 );
@@ -265,7 +270,8 @@ pub async fn submit(
                 .map(ExperimentView::from),
             experiment,
             decision,
-            event_seq: (!dry_run).then_some(reply.event_seq),
+            event_seq: (!dry_run && !reply.already_submitted).then_some(reply.event_seq),
+            already_submitted: reply.already_submitted,
         });
     }
     if dry_run && !out.is_json() {
@@ -360,10 +366,14 @@ async fn wait_until_settled(
         .map(|(_, seq)| *seq)
         .filter(|&s| s > 0)
         .min();
-    if from.is_none() {
-        // No event to start from: look at where each one is now, then
-        // follow new events.
-        for (id, _) in submitted {
+    {
+        // No event to start from (it was already there, or the controller
+        // sent none): look at where each such one is now, then follow new
+        // events.
+        for (id, _) in submitted
+            .iter()
+            .filter(|(_, seq)| *seq == 0 || from.is_none())
+        {
             let e = client
                 .get(v1::GetRequest { id: id.clone() })
                 .await

@@ -142,6 +142,7 @@ fn dry_run(specs: &[LoadedSpec], out: &mut Out) -> Result<(), CliError> {
                     experiment: None,
                     decision: None,
                     event_seq: None,
+                    already_submitted: false,
                 })
                 .collect(),
         });

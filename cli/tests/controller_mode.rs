@@ -276,6 +276,7 @@ impl Controller for Stub {
                 experiment: Some(e),
                 decision: Some(decision(&id)),
                 event_seq: 0,
+                already_submitted: false,
             }));
         }
         self.fleet().experiments.insert(id.clone(), e.clone());
@@ -299,6 +300,7 @@ impl Controller for Stub {
             experiment: Some(e),
             decision: None,
             event_seq: seq,
+            already_submitted: false,
         }))
     }
 

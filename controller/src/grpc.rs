@@ -274,6 +274,7 @@ impl Controller for ControllerService {
                 experiment: None,
                 decision,
                 event_seq: 0,
+                already_submitted: false,
             }));
         }
         let submitted = self.store.submit(&spec, &who).await.map_err(store_status)?;
@@ -282,6 +283,7 @@ impl Controller for ControllerService {
             experiment: Some(wire::experiment(&submitted.record, Some(&spec), None)),
             decision: None,
             event_seq: submitted.event_seq,
+            already_submitted: submitted.already,
         }))
     }
 

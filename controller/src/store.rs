@@ -119,7 +119,7 @@ pub enum StoreError {
     CorruptSpec { id: ExperimentId, problem: String },
     #[error("the controller's store is inconsistent: {0}")]
     Inconsistent(String),
-    #[error("experiment {id} already exists: choose another id, or leave it out to get one")]
+    #[error("experiment {id} already exists with another spec: choose another id, or leave it out to get one")]
     ExperimentExists { id: ExperimentId },
     #[error("experiment {id} does not exist")]
     ExperimentNotFound { id: ExperimentId },
@@ -348,8 +348,11 @@ versioned!(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submitted {
     pub record: ExperimentRecord,
-    /// The seq of its `submitted` event.
+    /// The seq of its `submitted` event; 0 when it was already there.
     pub event_seq: u64,
+    /// An identical spec was already stored under this id (a client that
+    /// retried a submission whose answer it lost): nothing was written.
+    pub already: bool,
 }
 
 /// A stored placement.
@@ -901,14 +904,35 @@ impl Store {
     // Experiments.
 
     /// Stores a validated spec as a new queued experiment, with the next
-    /// submission seq and a `submitted` event. An id in use is refused and
-    /// nothing is written.
+    /// submission seq and a `submitted` event. An id in use by another spec
+    /// is refused and nothing is written; the same spec again is answered
+    /// with what is stored (submission is idempotent: a client that lost
+    /// the answer to a submission that was stored may send it again).
     pub async fn submit(&self, spec: &ExperimentSpec, by: &str) -> Result<Submitted, StoreError> {
         let id = spec.id().clone();
         let key = id.as_str().as_bytes();
         let wire = spec.to_proto().encode_to_vec();
         let req = Requirements::of(spec);
         let requeue_on_disruption = spec.lifecycle().on_disruption() == DisruptionPolicy::Requeue;
+        let stored = self.txn(|tx| {
+            let Some(bytes) = tx.experiments.get(key)? else {
+                return Ok(None);
+            };
+            if tx.specs.get(key)?.as_deref() != Some(wire.as_slice()) {
+                return abort(StoreError::ExperimentExists { id: id.clone() });
+            }
+            Ok(Some(bytes))
+        })?;
+        if let Some(bytes) = stored {
+            let record: ExperimentRecord = decode("experiments", key, &bytes)?;
+            // What answered the first time may not have been flushed yet.
+            self.commit(self.stored_event_seq()?).await?;
+            return Ok(Submitted {
+                record,
+                event_seq: 0,
+                already: true,
+            });
+        }
         let (record, event) = self.txn(|tx| {
             if tx.experiments.get(key)?.is_some() {
                 return abort(StoreError::ExperimentExists { id: id.clone() });
@@ -946,6 +970,7 @@ impl Store {
         Ok(Submitted {
             record,
             event_seq: event.seq,
+            already: false,
         })
     }
 

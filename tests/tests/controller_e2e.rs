@@ -708,6 +708,27 @@ async fn bad_specs_are_refused_and_leave_nothing() {
         .unwrap()
         .into_inner();
     assert!(listed.experiments.is_empty(), "{listed:?}");
+
+    // Submission is idempotent: a client that retries after losing the
+    // answer gets OK and is told it was already there; only a different
+    // spec under the id is a clash.
+    let first = f.submit(sh("twice", "true")).await.unwrap();
+    assert!(!first.already_submitted);
+    let again = f.submit(sh("twice", "true")).await.unwrap();
+    assert!(again.already_submitted, "{again:?}");
+    assert_eq!(again.event_seq, 0);
+    assert_eq!(
+        again.experiment.and_then(|e| e.spec),
+        first.experiment.and_then(|e| e.spec)
+    );
+    let err = f.submit(sh("twice", "false")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let events = all_events(&f.admin).await;
+    let submits = events
+        .iter()
+        .filter(|e| e.experiment == "twice" && e.kind() == v1::EventKind::Submitted)
+        .count();
+    assert_eq!(submits, 1);
     f.finish().await;
 }
 

@@ -1115,7 +1115,15 @@ async fn every_command_against_a_real_fleet() {
         1,
     )
     .await;
-    f.snap("submit-exists", &["submit", "hello.toml"], 1).await;
+    // The same spec again (a retry): OK, and said to be there already;
+    // another spec under the id is a clash.
+    f.snap("submit-again", &["submit", "hello.toml"], 0).await;
+    f.write(
+        "hello-other.toml",
+        &spec("hello", n0, "echo another hello", ""),
+    );
+    f.snap("submit-exists", &["submit", "hello-other.toml"], 1)
+        .await;
     f.snap("ps-board-state", &["ps", "--state", "disrupted"], 2)
         .await;
 

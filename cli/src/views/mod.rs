@@ -402,8 +402,12 @@ pub struct SubmitView {
     pub experiment: Option<FleetExperimentView>,
     /// With a controller's dry run: where the scheduler would place it now.
     pub decision: Option<DecisionView>,
-    /// With a controller: the sequence number of the `submitted` event.
+    /// With a controller: the sequence number of the `submitted` event
+    /// (`null` when it was already there).
     pub event_seq: Option<u64>,
+    /// The same spec was already stored under this id (a retried
+    /// submission): nothing new was written.
+    pub already_submitted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

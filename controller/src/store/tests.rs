@@ -222,13 +222,35 @@ async fn a_duplicate_id_is_refused_and_writes_nothing() {
     assert!(matches!(err, StoreError::ExperimentExists { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "experiment a already exists: choose another id, or leave it out to get one"
+        "experiment a already exists with another spec: choose another id, or leave it out to get one"
     );
     assert_eq!(dump(&store), before);
     // No seq was used up.
     let b = store.submit(&spec("b", 0), "user/alice").await.unwrap();
     assert_eq!(b.record.submit_seq, 2);
     assert_eq!(b.event_seq, 2);
+}
+
+/// A client that lost the answer to a submission that was stored sends it
+/// again: the same spec is answered with what is stored, writes nothing and
+/// uses up no seq; only a different spec under the id is a clash.
+#[tokio::test]
+async fn the_same_spec_again_is_answered_as_already_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let first = store.submit(&spec("a", 3), "user/alice").await.unwrap();
+    assert!(!first.already);
+    let before = dump(&store);
+    let again = store.submit(&spec("a", 3), "user/alice").await.unwrap();
+    assert!(again.already);
+    assert_eq!(again.record, first.record);
+    assert_eq!(again.event_seq, 0);
+    assert_eq!(dump(&store), before);
+    let err = store.submit(&spec("a", 4), "user/alice").await.unwrap_err();
+    assert!(matches!(err, StoreError::ExperimentExists { .. }), "{err}");
+    assert_eq!(dump(&store), before);
+    let b = store.submit(&spec("b", 0), "user/alice").await.unwrap();
+    assert_eq!((b.record.submit_seq, b.event_seq), (2, 2));
 }
 
 #[tokio::test]

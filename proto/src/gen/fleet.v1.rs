@@ -2064,9 +2064,15 @@ pub struct SubmitResponse {
     /// experiments queued ahead of it.
     #[prost(message, optional, tag = "2")]
     pub decision: ::core::option::Option<Decision>,
-    /// The seq of the `submitted` event; 0 with dry_run.
+    /// The seq of the `submitted` event; 0 with dry_run, and when it was
+    /// already there.
     #[prost(uint64, tag = "3")]
     pub event_seq: u64,
+    /// The identical spec was already stored under this id (a retried
+    /// submission): nothing was written, `experiment` is what is stored. A
+    /// different spec under an id in use is refused with ALREADY_EXISTS.
+    #[prost(bool, tag = "4")]
+    pub already_submitted: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
