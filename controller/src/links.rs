@@ -55,6 +55,11 @@ pub struct Live {
     /// of it: a sample taken before that time (still on its way when the
     /// event came) does not bring the old mode back.
     pub switched: Option<(i64, v1::PowerMode)>,
+    /// The last thermal news that came outside a sample (a thermal event,
+    /// a thermal stop the board reported), with the board's time up to
+    /// which a sample does not undo it: a sample taken before the news,
+    /// still on its way, must not make a hot board look placeable.
+    pub thermal_hold: Option<(i64, v1::ThermalState)>,
 }
 
 impl Live {
@@ -184,6 +189,13 @@ impl Links {
         self.live.lock().expect("not poisoned").get(node).cloned()
     }
 
+    /// See [`hold_critical`].
+    pub fn hold_critical(&self, node: &str) {
+        if let Some(l) = self.live.lock().expect("not poisoned").get_mut(node) {
+            hold_critical(l);
+        }
+    }
+
     pub fn all_live(&self) -> HashMap<String, Live> {
         self.live.lock().expect("not poisoned").clone()
     }
@@ -255,6 +267,11 @@ async fn follow(
         let mut map = live.lock().expect("not poisoned");
         let l = map.entry(node.to_owned()).or_default();
         l.info = Some(info);
+        // A sample of the previous connection may be long out of date
+        // (the board got hot while the link was down): wait for a new one.
+        l.sample = None;
+        l.thermal_hold = None;
+        l.switched = None;
         l.connected = true;
         l.last_seen = Some(Instant::now());
         l.last_seen_unix_us = Some(now_us());
@@ -329,6 +346,22 @@ async fn follow(
 /// Applies one update of a node's stream to what the controller knows live
 /// of it; true when the board's temperature or thermal state may have
 /// changed (a sample, a thermal event).
+fn set_thermal(s: &mut v1::TelemetrySample, state: v1::ThermalState) {
+    s.thermal_state = state as i32;
+    s.accepting = state == v1::ThermalState::Normal;
+}
+
+/// The board's guard stopped work for heat: until a sample newer than the
+/// last one says otherwise, the board is critical and takes nothing. The
+/// stop's report may come before the samples that show why.
+/// (Without a sample yet, the board is not placeable anyway.)
+fn hold_critical(l: &mut Live) {
+    if let Some(s) = l.sample.as_mut() {
+        l.thermal_hold = Some((s.timestamp_unix_us, v1::ThermalState::Critical));
+        set_thermal(s, v1::ThermalState::Critical);
+    }
+}
+
 fn apply_update(l: &mut Live, update: &v1::NodeUpdate) -> bool {
     match &update.update {
         Some(v1::node_update::Update::Sample(s)) => {
@@ -340,6 +373,11 @@ fn apply_update(l: &mut Live, update: &v1::NodeUpdate) -> bool {
                 }
                 _ => l.switched = None,
             }
+            match l.thermal_hold {
+                // Taken before the news: the news stands.
+                Some((until, state)) if s.timestamp_unix_us <= until => set_thermal(&mut s, state),
+                _ => l.thermal_hold = None,
+            }
             l.sample = Some(s);
             true
         }
@@ -347,9 +385,10 @@ fn apply_update(l: &mut Live, update: &v1::NodeUpdate) -> bool {
             // A thermal change is news before the next sample: the
             // scheduler must not place on a board that just got hot.
             Some(v1::node_event::Kind::Thermal(t)) => {
+                let state = t.to();
+                l.thermal_hold = Some((ev.timestamp_unix_us.saturating_sub(1), state));
                 if let Some(s) = l.sample.as_mut() {
-                    s.thermal_state = t.to;
-                    s.accepting = t.to == v1::ThermalState::Normal as i32;
+                    set_thermal(s, state);
                     if let Some(c) = t.celsius {
                         s.hottest_c = Some(s.hottest_c.map_or(c, |h| h.max(c)));
                     }
@@ -480,5 +519,44 @@ mod tests {
         assert_eq!(s.hottest_c, Some(80.0));
         assert_eq!(s.thermal_state, v1::ThermalState::Warn as i32);
         assert!(!s.accepting);
+        // A sample taken before the event, still on its way, does not make
+        // the board placeable again; one taken after it says what it says.
+        apply_update(&mut l, &sample(140, mode(4, "40W"), 50.0));
+        let s = l.sample.as_ref().unwrap();
+        assert_eq!(
+            (s.thermal_state, s.accepting),
+            (v1::ThermalState::Warn as i32, false)
+        );
+        apply_update(&mut l, &sample(160, mode(4, "40W"), 50.0));
+        let s = l.sample.as_ref().unwrap();
+        assert_eq!(
+            (s.thermal_state, s.accepting),
+            (v1::ThermalState::Normal as i32, true)
+        );
+    }
+
+    #[test]
+    fn a_thermal_stop_holds_the_board_critical_until_a_newer_sample() {
+        let mut l = Live::default();
+        apply_update(&mut l, &sample(100, mode(4, "40W"), 50.0));
+        hold_critical(&mut l);
+        let critical = |l: &Live| {
+            let s = l.sample.as_ref().unwrap();
+            (s.thermal_state, s.accepting) == (v1::ThermalState::Critical as i32, false)
+        };
+        assert!(critical(&l));
+        // The same reading again (or an older one) does not undo the stop.
+        apply_update(&mut l, &sample(100, mode(4, "40W"), 50.0));
+        assert!(critical(&l));
+        apply_update(&mut l, &sample(101, mode(4, "40W"), 50.0));
+        assert!(!critical(&l));
+        assert_eq!(l.thermal_hold, None);
+        // Before any sample there is nothing to hold against: the first
+        // sample says what it says.
+        let mut l = Live::default();
+        hold_critical(&mut l);
+        assert_eq!(l.thermal_hold, None);
+        apply_update(&mut l, &sample(5, mode(4, "40W"), 50.0));
+        assert!(!critical(&l));
     }
 }

@@ -738,6 +738,7 @@ impl Reconciler {
                         format!("{node} shut down: {}", st.failure_message),
                     )
                 } else {
+                    self.links.hold_critical(node);
                     (
                         Disruption::Thermal,
                         format!("stopped by {node}'s thermal guard"),

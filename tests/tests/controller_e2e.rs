@@ -954,6 +954,82 @@ async fn metrics_count_the_queue_placements_their_latency_and_nodes_by_state() {
     f.finish().await;
 }
 
+/// Experiments pinned to a board that its thermal guard stopped wait for it
+/// to cool: none is placed straight back on the critical board (each such
+/// placement would be refused, burn an epoch and leave a start-failed run).
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_experiments_wait_for_their_critical_board_to_cool() {
+    let f = fleet("pinhot", 33, ControllerOptions::default()).await;
+    let node = f.boards[1].name().to_owned();
+    let ids = ["pin-a", "pin-b", "pin-c"];
+    for id in ids {
+        let mut spec = sh(id, FOREVER);
+        spec.placement = Some(v1::Placement {
+            node: node.clone(),
+            ..Default::default()
+        });
+        f.submit(spec).await.unwrap();
+    }
+    for id in ids {
+        f.wait(id, "it to run", running).await;
+    }
+    for z in f.sims[1].zones() {
+        f.sims[1].set_zone(&z, 90.0).unwrap();
+    }
+    for id in ids {
+        let e = f
+            .wait(id, "it to be stopped and queued", |e| {
+                e.phase() == ExperimentPhase::Queued && !e.runs.is_empty()
+            })
+            .await;
+        assert_eq!(e.runs[0].disruption(), v1::Disruption::Thermal, "{e:?}");
+    }
+    // A scheduling pass saw the board critical: explain says so.
+    wait_for(
+        "the scheduler to keep them off the hot board",
+        DEADLINE,
+        || async {
+            let d = f
+                .admin
+                .clone()
+                .explain(v1::ExplainRequest { id: "pin-a".into() })
+                .await?
+                .into_inner();
+            let text = format!("{d:?}");
+            Ok(if text.contains("critical") || text.contains("Thermal") {
+                Check::Ready(())
+            } else {
+                Check::not_yet(text)
+            })
+        },
+    )
+    .await
+    .unwrap();
+    for z in f.sims[1].zones() {
+        f.sims[1].set_zone(&z, 40.0).unwrap();
+    }
+    for id in ids {
+        let e = f
+            .wait(id, "it to run again once the board cooled", |e| {
+                running(e) && e.runs.len() >= 2
+            })
+            .await;
+        let outcomes: Vec<v1::RunOutcome> = e.runs.iter().map(|r| r.outcome()).collect();
+        assert_eq!(
+            outcomes,
+            [v1::RunOutcome::Disrupted, v1::RunOutcome::Unspecified],
+            "{id}: {:?}",
+            e.runs
+        );
+        assert_eq!(e.node, node);
+    }
+    f.finish().await;
+}
+
 /// An experiment placed again on the board it just left (a restart, a drain
 /// with requeue then uncordon, when it is pinned there) runs again: the
 /// end of its previous run on that board is not taken for the new run's.
