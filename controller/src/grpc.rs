@@ -915,16 +915,24 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .map(|p| p.identity().clone());
+        let peer = req.extensions().get::<PeerInfo>().cloned();
         let path = req.uri().path().to_owned();
         let verdict = match &peer {
-            Some(id) if crate::authz::allowed(id.principal(), &path) => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
+            Some(p) if crate::authz::allowed(p.identity().principal(), &path) => {
+                // Who changed what in the fleet, for the journal.
+                if crate::authz::access_of(&path).is_some_and(|a| a != crate::authz::Access::Read) {
+                    tracing::info!(
+                        caller = %p.identity().uri(),
+                        remote = %p.remote_addr(),
+                        method = %path,
+                        "state-changing call"
+                    );
+                }
+                Ok(())
+            }
+            Some(p) => Err(Status::permission_denied(format!(
                 "{} may not call {path}; ask an admin for a certificate with the right role",
-                id.uri()
+                p.identity().uri()
             ))),
             None => Err(Status::unauthenticated(
                 "no client certificate identity on this connection",
@@ -932,7 +940,15 @@ where
         };
         match verdict {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => {
+                tracing::info!(
+                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
+                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
+                    method = %path,
+                    "refused"
+                );
+                Box::pin(async move { Ok(status.into_http()) })
+            }
         }
     }
 }

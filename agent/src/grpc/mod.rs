@@ -365,11 +365,21 @@ where
         let peer = req
             .extensions()
             .get::<fleet_proto::tls::PeerInfo>()
-            .map(|p| p.identity().clone());
+            .cloned();
         let path = req.uri().path().to_owned();
         let verdict = match &peer {
-            Some(id) => {
+            Some(p) => {
+                let id = p.identity();
                 if authz::allowed(id.principal(), &path) {
+                    // Who changed what on this board, for the journal.
+                    if authz::access_of(&path).is_some_and(authz::Access::changes_state) {
+                        tracing::info!(
+                            caller = %id.uri(),
+                            remote = %p.remote_addr(),
+                            method = %path,
+                            "state-changing call"
+                        );
+                    }
                     Ok(())
                 } else {
                     Err(RpcStatus::permission_denied(format!(
@@ -385,7 +395,12 @@ where
         match verdict {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
-                tracing::info!(peer = ?peer.map(|p| p.uri()), %path, "refused");
+                tracing::info!(
+                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
+                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
+                    method = %path,
+                    "refused"
+                );
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

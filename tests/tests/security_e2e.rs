@@ -1,0 +1,164 @@
+//! End-to-end tests of who may do what, and of what an unauthenticated
+//! peer can cost: real agents on systemd boards, a real controller, mTLS
+//! with certificates and CRLs made for the run.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use fleet_proto::identity::Role;
+use fleet_proto::v1::{self, agent_client::AgentClient};
+use fleet_testbed::agent::{AgentHandle, AgentOptions};
+use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
+use fleet_testbed::pki::TestPki;
+use fleet_testbed::poll::{wait_for, Check};
+use fleet_testbed::testbed::{Board, Testbed};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Rig {
+    bed: Testbed,
+    #[allow(dead_code)]
+    board: Board,
+    pki: TestPki,
+    agent: AgentHandle,
+}
+
+/// A simulated AGX Orin (nvpmodel, no jetson_clocks) with an agent on
+/// 127.0.0.<n>.
+async fn rig(name: &str, n: u8) -> Rig {
+    let mut bed = Testbed::new(name).await;
+    let board = bed.add_board(&format!("{name}-b")).await.expect("board");
+    let pki = TestPki::new(&bed.dir().join("pki")).expect("pki");
+    let hw = HwSim::install(
+        &board,
+        Fixture::AgxOrinR36,
+        ThermalParams::bounded(40.0, 60.0),
+    )
+    .expect("hwsim");
+    let options = AgentOptions {
+        hardware: Some(hw),
+        ..AgentOptions::default()
+    };
+    let agent = AgentHandle::start_with(
+        &board,
+        &pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)),
+        options,
+    )
+    .await
+    .expect("agent");
+    Rig {
+        bed,
+        board,
+        pki,
+        agent,
+    }
+}
+
+impl Rig {
+    async fn finish(self) {
+        drop(self.agent);
+        self.bed.shutdown().await.expect("teardown");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.agent.log).unwrap_or_default()
+    }
+}
+
+async fn set_mode(
+    c: &mut AgentClient<Channel>,
+    mode: &str,
+) -> Result<v1::SetPowerModeResponse, tonic::Status> {
+    c.set_power_mode(v1::SetPowerModeRequest {
+        mode: mode.into(),
+        allow_reboot: true,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Power mode (which may reboot the board) and jetson_clocks are the
+/// admin's, on the agent as on the controller; the controller, calling as
+/// itself, keeps them; the agent logs who made every state-changing call.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_hardware_is_admin_only_and_callers_are_logged() {
+    let f = rig("sec-hw", 71).await;
+    let mut operator = f.agent.client(&f.pki, Role::Operator).await.unwrap();
+    let err = set_mode(&mut operator, "MAXN").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("user/operator/"), "{err:?}");
+    let err = operator
+        .set_clocks(v1::SetClocksRequest { enabled: true })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // An operator still runs experiments.
+    operator
+        .set_autostart(v1::SetAutostartRequest {
+            id: "nothing-here".into(),
+            enabled: true,
+        })
+        .await
+        .expect_err("no such experiment");
+
+    // The controller and admins may; MODE_30W is the board's mode, so
+    // nothing reboots.
+    let controller = f.pki.controller().unwrap();
+    let mut as_controller = f.agent.client_as(&controller).await.unwrap();
+    set_mode(&mut as_controller, "MODE_30W").await.unwrap();
+    let mut admin = f.agent.client(&f.pki, Role::Admin).await.unwrap();
+    set_mode(&mut admin, "MODE_30W").await.unwrap();
+
+    // Who did what, in the agent's log.
+    let log = wait_for("the agent to log its callers", DEADLINE, || {
+        let log = f.log();
+        async move {
+            let calls: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("state-changing call"))
+                .collect();
+            let seen = |who: &str, method: &str| {
+                calls.iter().any(|l| l.contains(who) && l.contains(method))
+            };
+            Ok(
+                if seen(
+                    "caller=spiffe://testlab/controller",
+                    "/fleet.v1.Agent/SetPowerMode",
+                ) && seen(
+                    "caller=spiffe://testlab/user/admin/",
+                    "/fleet.v1.Agent/SetPowerMode",
+                ) && seen(
+                    "caller=spiffe://testlab/user/operator/",
+                    "/fleet.v1.Agent/SetAutostart",
+                ) {
+                    Check::Ready(log)
+                } else {
+                    Check::not_yet(calls.join("\n"))
+                },
+            )
+        }
+    })
+    .await
+    .unwrap();
+    // Refusals are logged with the caller too, and reads are not logged as changes.
+    assert!(
+        log.lines().any(|l| l.contains("refused")
+            && l.contains("user/operator/")
+            && l.contains("/fleet.v1.Agent/SetClocks")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("state-changing call") && l.contains("GetNode")),
+        "{log}"
+    );
+    f.finish().await;
+}
