@@ -217,7 +217,9 @@ impl App {
             }
         };
         let server = Server::builder()
-            .layer(AuthzLayer)
+            .layer(AuthzLayer {
+                tls: server_tls.clone(),
+            })
             .add_service(health_service)
             .add_service(reflection)
             .add_service(v1::agent_server::AgentServer::new(service))

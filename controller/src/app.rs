@@ -170,7 +170,9 @@ pub async fn run(
             })
         });
     let served = Server::builder()
-        .layer(AuthzLayer)
+        .layer(AuthzLayer {
+            tls: server_tls.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(v1::controller_server::ControllerServer::new(service))

@@ -7,8 +7,10 @@
 //!
 //! * Server: [`ServerTls`] holds the current `rustls::ServerConfig`;
 //!   [`ServerTls::reload`] re-reads the files (on SIGHUP) and swaps it
-//!   atomically, so the next handshake sees a new certificate or CRL while
-//!   connections already open keep theirs. [`incoming`] turns a
+//!   atomically, so the next handshake sees a new certificate or CRL;
+//!   connections already open keep their session, and
+//!   [`ServerTls::check_peer`] checks their peer against the current CA and
+//!   CRL on every call (the daemons' authorization layers do). [`incoming`] turns a
 //!   `TcpListener` into the stream of authenticated connections that
 //!   `tonic::transport::Server::serve_with_incoming` takes.
 //! * Client: [`ClientTls`] dials `host:port`, does the handshake in its own
@@ -71,6 +73,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -567,6 +570,20 @@ impl Material {
     }
 }
 
+/// A serial number as `fleetctl pki` shows it: lowercase hex pairs joined
+/// by `:`, without leading zero bytes.
+fn serial_text(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[start..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -733,10 +750,21 @@ impl ClientCertVerifier for FleetClientVerifier {
 struct ServerState {
     config: Arc<ServerConfig>,
     identity: Identity,
+    /// What peers are checked against on every call ([`ServerTls::check_peer`]).
+    check: PeerCheck,
+    /// Counts configurations: 1 for the first, one more per reload.
+    generation: u64,
+}
+
+/// The CA and CRL a server checks its peers against, call by call.
+struct PeerCheck {
+    roots: Arc<RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 struct ServerInner {
-    source: TlsSource,
+    source: RwLock<TlsSource>,
     state: RwLock<ServerState>,
 }
 
@@ -750,7 +778,7 @@ pub struct ServerTls {
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
-            .field("source", &self.inner.source)
+            .field("source", &self.source())
             .field("identity", &self.identity())
             .finish()
     }
@@ -761,10 +789,10 @@ impl ServerTls {
     /// (a controller or agent certificate).
     pub fn new(source: impl Into<TlsSource>) -> Result<Self, TlsError> {
         let source = source.into();
-        let state = build_server(&source)?;
+        let state = build_server(&source, 1)?;
         Ok(ServerTls {
             inner: Arc::new(ServerInner {
-                source,
+                source: RwLock::new(source),
                 state: RwLock::new(state),
             }),
         })
@@ -782,17 +810,28 @@ impl ServerTls {
 
     /// Re-reads the source and swaps the configuration for the next handshakes.
     ///
-    /// Connections already established keep the configuration they were
-    /// made with. On any error the current configuration stays in use. The
-    /// certificate must keep naming the same identity: changing who a
-    /// process is takes a restart.
+    /// Connections already established keep their session, but every call
+    /// on them is checked against the new CA and CRL by
+    /// [`ServerTls::check_peer`]. On any error the current configuration
+    /// stays in use. The certificate must keep naming the same identity:
+    /// changing who a process is takes a restart.
     pub fn reload(&self) -> Result<Identity, TlsError> {
-        let new = build_server(&self.inner.source)?;
+        let source = self.source();
+        self.reload_from(source)
+    }
+
+    /// As [`ServerTls::reload`], from another source (the `[tls]` table of
+    /// a config file read again, which may name other files or add a CRL).
+    /// On success the new source is the one later reloads read; on error
+    /// nothing changes.
+    pub fn reload_from(&self, source: impl Into<TlsSource>) -> Result<Identity, TlsError> {
+        let source = source.into();
         let mut state = self
             .inner
             .state
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let new = build_server(&source, state.generation + 1)?;
         if new.identity != state.identity {
             return Err(TlsError::IdentityChanged {
                 now: Box::new(new.identity),
@@ -800,13 +839,88 @@ impl ServerTls {
             });
         }
         *state = new;
+        *self
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = source;
         info!(identity = %state.identity, "TLS configuration reloaded");
         Ok(state.identity.clone())
+    }
+
+    /// Where the configuration is read from.
+    pub fn source(&self) -> TlsSource {
+        self.inner
+            .source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `peer`, authenticated when its connection was made, still
+    /// is under the configuration loaded now: its certificate not revoked
+    /// by the current CRL, still issued by a trusted CA, not expired.
+    ///
+    /// Meant for every call (an authorization layer), so that a revocation
+    /// loaded by [`ServerTls::reload`] reaches connections already open.
+    /// The full check runs once per connection and configuration; after
+    /// that a call costs a lock and a comparison.
+    pub fn check_peer(&self, peer: &PeerInfo) -> Result<(), PeerRefused> {
+        let cert = &peer.cert;
+        let refused = |why: RefusedBecause| PeerRefused {
+            identity: Box::new(peer.identity.clone()),
+            serial: cert.serial.clone(),
+            why,
+        };
+        let now = unix_now();
+        if now > cert.not_after {
+            return Err(refused(RefusedBecause::Expired {
+                not_after: cert.not_after,
+            }));
+        }
+        let state = self.read_state();
+        if cert.checked.load(Ordering::Acquire) == state.generation {
+            return Ok(());
+        }
+        let check = &state.check;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = check.crls.iter().collect();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
+        let verdict = webpki::EndEntityCert::try_from(&cert.chain[0]).and_then(|ee| {
+            ee.verify_for_usage(
+                check.algorithms.all,
+                &check.roots.roots,
+                &cert.chain[1..],
+                at,
+                webpki::KeyUsage::client_auth(),
+                revocation_options(&crl_refs),
+                None,
+            )
+            .map(|_| ())
+        });
+        match verdict {
+            Ok(()) => {
+                cert.checked.store(state.generation, Ordering::Release);
+                Ok(())
+            }
+            Err(webpki::Error::CertRevoked) => Err(refused(RefusedBecause::Revoked)),
+            Err(webpki::Error::CertExpired { .. }) => Err(refused(RefusedBecause::Expired {
+                not_after: cert.not_after,
+            })),
+            Err(e) => Err(refused(RefusedBecause::Untrusted {
+                reason: e.to_string(),
+            })),
+        }
     }
 
     /// The configuration the next handshake will use.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.read_state().config.clone()
+    }
+
+    /// [`ServerTls::config`] and its generation, for the accept loop.
+    fn config_and_generation(&self) -> (Arc<ServerConfig>, u64) {
+        let state = self.read_state();
+        (state.config.clone(), state.generation)
     }
 
     /// Who this server is, from its own certificate.
@@ -822,8 +936,22 @@ impl ServerTls {
     }
 }
 
-fn build_server(source: &TlsSource) -> Result<ServerState, TlsError> {
+fn build_server(source: &TlsSource, generation: u64) -> Result<ServerState, TlsError> {
     let m = Material::load(source, Side::Server)?;
+    let check = PeerCheck {
+        roots: m.roots.clone(),
+        crls: m
+            .crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c).map(Into::into))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::BadCrl {
+                crl: Origin::Memory,
+                ca: Origin::Memory,
+                source,
+            })?,
+        algorithms: m.provider.signature_verification_algorithms,
+    };
     let inner = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), m.provider.clone())
         .with_crls(m.crls.iter().cloned())
         .only_check_end_entity_revocation()
@@ -851,15 +979,74 @@ fn build_server(source: &TlsSource) -> Result<ServerState, TlsError> {
     Ok(ServerState {
         config: Arc::new(config),
         identity: m.identity,
+        check,
+        generation,
     })
+}
+
+/// Why [`ServerTls::check_peer`] no longer accepts a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the certificate of {identity} (serial {serial}) {why}")]
+pub struct PeerRefused {
+    /// Whom the certificate names.
+    pub identity: Box<Identity>,
+    /// Its serial number, hex, as `fleetctl pki revoke` takes it.
+    pub serial: String,
+    /// Why.
+    pub why: RefusedBecause,
+}
+
+/// The reason in a [`PeerRefused`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedBecause {
+    /// On the CRL this server loaded.
+    #[error(
+        "is revoked by this server's CRL; ask an admin for a new certificate (fleetctl pki issue)"
+    )]
+    Revoked,
+    /// Past its not-after.
+    #[error("expired at {not_after} (Unix time); ask an admin for a new certificate (fleetctl pki issue)")]
+    Expired {
+        /// Its not-after, seconds since the epoch.
+        not_after: i64,
+    },
+    /// No longer issued by a CA this server trusts (after a CA rotation).
+    #[error("is no longer trusted by this server ({reason}); ask an admin for a certificate from the fleet's current CA")]
+    Untrusted {
+        /// webpki's reason.
+        reason: String,
+    },
 }
 
 /// Who is on the other end of a server connection; in every request's
 /// extensions (`request.extensions().get::<PeerInfo>()`, or [`peer_info`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerInfo {
     identity: Identity,
     remote_addr: SocketAddr,
+    cert: Arc<PeerCert>,
+}
+
+impl PartialEq for PeerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+            && self.remote_addr == other.remote_addr
+            && self.cert.chain == other.cert.chain
+    }
+}
+
+impl Eq for PeerInfo {}
+
+/// The certificate a peer presented, for [`ServerTls::check_peer`].
+#[derive(Debug)]
+struct PeerCert {
+    /// Leaf first.
+    chain: Vec<CertificateDer<'static>>,
+    /// Hex, as `fleetctl pki revoke` takes it.
+    serial: String,
+    not_after: i64,
+    /// The generation of the server configuration it last passed under.
+    checked: AtomicU64,
 }
 
 impl PeerInfo {
@@ -872,6 +1059,12 @@ impl PeerInfo {
     /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote_addr
+    }
+
+    /// The serial number of the peer's certificate, hex, as
+    /// `fleetctl pki revoke` takes it.
+    pub fn serial(&self) -> &str {
+        &self.cert.serial
     }
 }
 
@@ -900,19 +1093,38 @@ impl TlsConn {
     fn new(
         stream: tokio_rustls::server::TlsStream<TcpStream>,
         remote_addr: SocketAddr,
+        generation: u64,
     ) -> Result<Self, PeerIdentityError> {
         let (_, session) = stream.get_ref();
-        let leaf = session
+        let chain: Vec<CertificateDer<'static>> = session
             .peer_certificates()
-            .and_then(|c| c.first())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let leaf = chain
+            .first()
             .ok_or(PeerIdentityError::Invalid(IdentityError::NoUriSan))?;
         let identity =
             identity::principal_from_cert_der(leaf).map_err(PeerIdentityError::Invalid)?;
+        let (serial, not_after) = match X509Certificate::from_der(leaf) {
+            Ok((_, x)) => (
+                serial_text(x.raw_serial()),
+                x.validity().not_after.timestamp(),
+            ),
+            Err(_) => return Err(PeerIdentityError::Invalid(IdentityError::NoUriSan)),
+        };
         Ok(TlsConn {
             stream,
             peer: PeerInfo {
                 identity,
                 remote_addr,
+                cert: Arc::new(PeerCert {
+                    chain,
+                    serial,
+                    not_after,
+                    checked: AtomicU64::new(generation),
+                }),
             },
         })
     }
@@ -1056,7 +1268,8 @@ async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%remote, %error, "cannot set TCP_NODELAY");
         }
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (config, generation) = tls.config_and_generation();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tx = tx.clone();
         tokio::spawn(
             async move {
@@ -1076,7 +1289,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                match TlsConn::new(stream, remote) {
+                match TlsConn::new(stream, remote, generation) {
                     Ok(conn) => {
                         debug!(peer = %conn.peer.identity, "TLS connection accepted");
                         let _ = tx.send(Ok(conn)).await;

@@ -346,10 +346,13 @@ async fn revoked_client_fails_after_reload_while_others_keep_working() {
         .await
         .unwrap();
     check(eve_before.clone()).await.unwrap();
+    let eve_peer = server.last_peer().unwrap();
+    server.tls.check_peer(&eve_peer).unwrap();
 
     // Revoking without a reload changes nothing yet.
-    fleet.revoke(&[eve_serial]);
+    fleet.revoke(std::slice::from_ref(&eve_serial));
     call(&eve, server.addr, Expect::AnyAgent).await.unwrap();
+    server.tls.check_peer(&eve_peer).unwrap();
 
     assert_eq!(
         server.tls.reload().unwrap(),
@@ -370,9 +373,22 @@ async fn revoked_client_fails_after_reload_while_others_keep_working() {
         &Identity::controller("lab").unwrap()
     );
     assert_eq!(server.calls(), calls + 1);
-    // ...and the connection eve made before the reload keeps its session:
-    // a reload never drops what is in flight.
+    server.tls.check_peer(&server.last_peer().unwrap()).unwrap();
+    // ...and the connection eve made before the reload keeps its session
+    // (a reload never drops what is in flight), but its peer no longer
+    // passes the check the daemons make on every call.
     check(eve_before).await.unwrap();
+    let refused = server.tls.check_peer(&eve_peer).unwrap_err();
+    assert_eq!(refused.why, tls::RefusedBecause::Revoked);
+    assert_eq!(refused.serial, eve_serial.to_string());
+    assert_eq!(eve_peer.serial(), eve_serial.to_string());
+    assert!(
+        refused
+            .to_string()
+            .contains("spiffe://lab/user/operator/eve")
+            && refused.to_string().contains("revoked"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

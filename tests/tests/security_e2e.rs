@@ -6,8 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use fleet_proto::identity::Role;
+use fleet_proto::v1::controller_client::ControllerClient;
 use fleet_proto::v1::{self, agent_client::AgentClient};
 use fleet_testbed::agent::{AgentHandle, AgentOptions};
+use fleet_testbed::controller::{ControllerHandle, ControllerOptions};
 use fleet_testbed::hwsim::{Fixture, HwSim, ThermalParams};
 use fleet_testbed::pki::TestPki;
 use fleet_testbed::poll::{wait_for, Check};
@@ -19,7 +21,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Rig {
     bed: Testbed,
-    #[allow(dead_code)]
     board: Board,
     pki: TestPki,
     agent: AgentHandle,
@@ -160,5 +161,120 @@ async fn board_hardware_is_admin_only_and_callers_are_logged() {
             .any(|l| l.contains("state-changing call") && l.contains("GetNode")),
         "{log}"
     );
+    f.finish().await;
+}
+
+/// Revocation reaches connections opened before it: after the CRL naming
+/// an admin is loaded (SIGHUP), the admin's HTTP/2 connection already open
+/// to the controller and to an agent is refused call by call, while
+/// others keep working.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_loses_the_connections_it_already_has() {
+    let mut f = rig("sec-crl", 72).await;
+    // Both daemons start with an (empty) CRL configured.
+    let crl = f.pki.revoke(&[]).unwrap();
+    f.agent.set_tls_key("crl", &crl).unwrap();
+    f.agent.restart(&f.board).await.unwrap();
+    let ctl_dir = f.bed.dir().join("controller");
+    let mut controller = ControllerHandle::start(
+        &ctl_dir,
+        &f.pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 72)),
+        &[&f.agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .unwrap();
+    controller.set_tls_key("crl", &crl).unwrap();
+    controller.restart().await.unwrap();
+
+    let mallory = f.pki.user("mallory", Role::Admin).unwrap();
+    let mut to_controller = controller.client_as(&mallory).await.unwrap();
+    let mut to_agent = f.agent.client_as(&mallory).await.unwrap();
+    let cordon = |c: &mut ControllerClient<Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.cordon(v1::CordonRequest {
+                node: "sec-crl-b".into(),
+                reason: "test".into(),
+            })
+            .await
+        }
+    };
+    cordon(&mut to_controller).await.unwrap();
+    to_agent.stop_all(v1::BulkRequest {}).await.unwrap();
+
+    f.pki.revoke(&[&mallory]).unwrap();
+    controller.sighup().unwrap();
+    f.agent.sighup().unwrap();
+
+    // The same connections, refused once the daemons have the CRL.
+    let err = wait_for(
+        "the controller to refuse mallory's open connection",
+        DEADLINE,
+        || {
+            let call = cordon(&mut to_controller);
+            async move {
+                Ok(match call.await {
+                    Err(e) if e.code() == Code::Unauthenticated => Check::Ready(e),
+                    other => Check::not_yet(format!("{other:?}")),
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        err.message().contains("user/admin/mallory") && err.message().contains("revoked"),
+        "{err:?}"
+    );
+    let err = to_controller
+        .set_policy(v1::SetPolicyRequest {
+            name: "coolest".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = wait_for(
+        "the agent to refuse mallory's open connection",
+        DEADLINE,
+        || {
+            let mut c = to_agent.clone();
+            async move {
+                Ok(match c.stop_all(v1::BulkRequest {}).await {
+                    Err(e) if e.code() == Code::Unauthenticated => Check::Ready(e),
+                    other => Check::not_yet(format!("{other:?}")),
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(err.message().contains("revoked"), "{err:?}");
+    // Reads too: the certificate no longer authenticates anything.
+    let err = to_agent.get_node(v1::GetNodeRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // A new connection is refused at its handshake; others keep working.
+    let fresh = match controller.client_as(&mallory).await {
+        Ok(mut c) => c.list_nodes(v1::ListNodesRequest::default()).await.err(),
+        Err(e) => Some(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(fresh.is_some(), "a new connection of a revoked certificate");
+    let mut admin = controller.client(&f.pki, Role::Admin).await.unwrap();
+    admin
+        .uncordon(v1::UncordonRequest {
+            node: "sec-crl-b".into(),
+        })
+        .await
+        .unwrap();
+    let mut agent_admin = f.agent.client(&f.pki, Role::Admin).await.unwrap();
+    agent_admin.stop_all(v1::BulkRequest {}).await.unwrap();
+    drop(controller);
     f.finish().await;
 }
