@@ -81,6 +81,9 @@ pub struct AgentConfig {
     /// revocation list, if any; reloaded on SIGHUP.
     #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
     pub tls: TlsFiles,
+    /// The file this config was read from; SIGHUP reads its `[tls]` again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     /// Where the board's sysfs, identity files, nvpmodel and jetson_clocks are.
     #[serde(default)]
     pub hardware: crate::hw::HwConfig,
@@ -286,7 +289,9 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_str(path, &text)
+        let mut cfg = Self::from_str(path, &text)?;
+        cfg.file = Some(path.to_owned());
+        Ok(cfg)
     }
 
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {

@@ -63,6 +63,9 @@ pub struct ControllerConfig {
     /// revocation list, if any; reloaded on SIGHUP.
     #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
     pub tls: TlsFiles,
+    /// The file this config was read from; SIGHUP reads its `[tls]` again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     /// Boards known from the start; agents may also join at run time.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -120,7 +123,9 @@ impl ControllerConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let mut cfg = Self::parse(path, &text)?;
+        cfg.file = Some(path.to_owned());
+        Ok(cfg)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {

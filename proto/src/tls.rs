@@ -1424,7 +1424,7 @@ impl ServerCertVerifier for FleetServerVerifier {
 }
 
 struct ClientInner {
-    source: TlsSource,
+    source: RwLock<TlsSource>,
     material: RwLock<Arc<Material>>,
 }
 
@@ -1439,7 +1439,7 @@ pub struct ClientTls {
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
-            .field("source", &self.inner.source)
+            .field("source", &self.source())
             .field("identity", &self.identity())
             .finish()
     }
@@ -1452,7 +1452,7 @@ impl ClientTls {
         let material = Material::load(&source, Side::Client)?;
         Ok(ClientTls {
             inner: Arc::new(ClientInner {
-                source,
+                source: RwLock::new(source),
                 material: RwLock::new(Arc::new(material)),
             }),
         })
@@ -1479,7 +1479,24 @@ impl ClientTls {
     /// Re-reads the source for connections made from now on; on error the
     /// current material stays. The identity must not change.
     pub fn reload(&self) -> Result<Identity, TlsError> {
-        let new = Material::load(&self.inner.source, Side::Client)?;
+        let source = self.source();
+        self.reload_from(source)
+    }
+
+    /// Where the material is read from.
+    pub fn source(&self) -> TlsSource {
+        self.inner
+            .source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// As [`ClientTls::reload`], from another source; on success later
+    /// reloads read it.
+    pub fn reload_from(&self, source: impl Into<TlsSource>) -> Result<Identity, TlsError> {
+        let source = source.into();
+        let new = Material::load(&source, Side::Client)?;
         let mut material = self
             .inner
             .material
@@ -1492,6 +1509,11 @@ impl ClientTls {
             });
         }
         *material = Arc::new(new);
+        *self
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = source;
         info!(identity = %material.identity, "client TLS material reloaded");
         Ok(material.identity.clone())
     }

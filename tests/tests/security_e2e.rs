@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use fleet_proto::identity::Role;
+use fleet_proto::tls::Expect;
 use fleet_proto::v1::controller_client::ControllerClient;
 use fleet_proto::v1::{self, agent_client::AgentClient};
 use fleet_testbed::agent::{AgentHandle, AgentOptions};
@@ -275,6 +276,95 @@ async fn a_revoked_certificate_loses_the_connections_it_already_has() {
         .unwrap();
     let mut agent_admin = f.agent.client(&f.pki, Role::Admin).await.unwrap();
     agent_admin.stop_all(v1::BulkRequest {}).await.unwrap();
+    drop(controller);
+    f.finish().await;
+}
+
+/// `fleetctl pki revoke`'s steps on daemons started without a CRL: copy
+/// the CRL, add `crl` under `[tls]`, SIGHUP. The daemons read `[tls]` of
+/// their config again, so the revoked certificate is refused, and say so.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_a_crl_added_to_the_config() {
+    let f = rig("sec-hup", 73).await;
+    let controller = ControllerHandle::start(
+        &f.bed.dir().join("controller"),
+        &f.pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 73)),
+        &[&f.agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let trudy = f.pki.user("trudy", Role::Operator).unwrap();
+    let list_nodes = |certs: fleet_testbed::pki::CertFiles, addr| async move {
+        let channel = certs.client()?.connect(addr, Expect::Controller).await?;
+        ControllerClient::new(channel)
+            .list_nodes(v1::ListNodesRequest::default())
+            .await?;
+        anyhow::Ok(())
+    };
+    let get_node = |certs: fleet_testbed::pki::CertFiles, addr, node: String| async move {
+        let channel = certs.client()?.connect(addr, Expect::Agent(node)).await?;
+        AgentClient::new(channel)
+            .get_node(v1::GetNodeRequest {})
+            .await?;
+        anyhow::Ok(())
+    };
+    list_nodes(trudy.clone(), controller.addr).await.unwrap();
+    get_node(trudy.clone(), f.agent.addr, f.agent.node.clone())
+        .await
+        .unwrap();
+
+    let crl = f.pki.revoke(&[&trudy]).unwrap();
+    f.agent.set_tls_key("crl", &crl).unwrap();
+    controller.set_tls_key("crl", &crl).unwrap();
+    f.agent.sighup().unwrap();
+    controller.sighup().unwrap();
+
+    wait_for(
+        "both daemons to refuse the revoked certificate",
+        DEADLINE,
+        || {
+            let (trudy, c, a, node) = (
+                trudy.clone(),
+                controller.addr,
+                f.agent.addr,
+                f.agent.node.clone(),
+            );
+            async move {
+                let to_controller = list_nodes(trudy.clone(), c).await;
+                let to_agent = get_node(trudy, a, node).await;
+                Ok(if to_controller.is_err() && to_agent.is_err() {
+                    Check::Ready(())
+                } else {
+                    Check::not_yet(format!(
+                        "controller: {to_controller:?}, agent: {to_agent:?}"
+                    ))
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Everyone else keeps working.
+    list_nodes(f.pki.user("ursula", Role::Viewer).unwrap(), controller.addr)
+        .await
+        .unwrap();
+    // The logs say what was read, CRL included.
+    let wanted = format!("crl={}", crl.display());
+    for log in [&f.agent.log, &controller.log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("reloaded TLS from [tls] of") && l.contains(&wanted)),
+            "{}: {text}",
+            log.display()
+        );
+    }
     drop(controller);
     f.finish().await;
 }
