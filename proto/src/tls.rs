@@ -67,14 +67,15 @@
 //! # drop(agent); Ok(()) }
 //! ```
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -94,7 +95,7 @@ use rustls_pki_types::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info, warn, Instrument};
@@ -102,11 +103,17 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::{self, Identity, IdentityError};
 
-/// How long a peer may take to complete the TLS handshake before it is dropped.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many handshakes [`incoming`] runs at once; past that it stops accepting
-/// until one finishes, so a flood of slow peers costs bounded memory.
+/// How long a peer may take to complete the TLS handshake before it is
+/// dropped. A fleet peer needs milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many handshakes [`incoming`] runs at once. A connection past that
+/// drops the oldest handshake still pending, so a flood of silent peers
+/// costs bounded memory and never makes a new peer wait.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// How many handshakes [`incoming`] runs at once for one IP address. A
+/// connection past that drops the oldest handshake still pending from the
+/// same address, so one host cannot take the slots of others.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
 /// How long [`ClientTls::connect`] waits for TCP and TLS to a peer.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive ping interval of client channels: a dead peer behind a
@@ -1188,8 +1195,12 @@ impl AsyncWrite for TlsConn {
 pub struct IncomingOptions {
     /// A peer that has not completed its handshake by then is dropped.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once.
+    /// Handshakes in progress at once; a new connection past it drops the
+    /// oldest pending one.
     pub max_concurrent_handshakes: usize,
+    /// Handshakes in progress at once from one IP address; a new
+    /// connection past it drops the oldest pending one from that address.
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for IncomingOptions {
@@ -1197,7 +1208,87 @@ impl Default for IncomingOptions {
         IncomingOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
         }
+    }
+}
+
+/// The handshakes in progress, oldest first, to drop the oldest when a
+/// limit is reached. Dropping an entry's sender ends its handshake.
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    by_id: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    per_ip: HashMap<IpAddr, VecDeque<u64>>,
+}
+
+impl Pending {
+    /// Registers a new handshake from `ip`, first dropping the oldest one
+    /// from the same address, or overall, that a limit leaves no room for.
+    /// Returns its id and what ends it early.
+    fn admit(&mut self, ip: IpAddr, options: &IncomingOptions) -> (u64, oneshot::Receiver<()>) {
+        let per_ip = options.max_handshakes_per_ip.max(1);
+        let max = options.max_concurrent_handshakes.max(1);
+        let from_ip = self.per_ip.get(&ip).map_or(0, VecDeque::len);
+        if from_ip >= per_ip {
+            if let Some(oldest) = self.per_ip.get(&ip).and_then(|q| q.front().copied()) {
+                debug!(%ip, limit = per_ip, "dropping this address's oldest pending TLS handshake");
+                self.remove(oldest);
+            }
+        }
+        if self.by_id.len() >= max {
+            if let Some(oldest) = self.by_id.keys().next().copied() {
+                debug!(limit = max, "dropping the oldest pending TLS handshake");
+                self.remove(oldest);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (cancel, cancelled) = oneshot::channel();
+        self.by_id.insert(id, (ip, cancel));
+        self.per_ip.entry(ip).or_default().push_back(id);
+        (id, cancelled)
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some((ip, _cancel)) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(q) = self.per_ip.get_mut(&ip) {
+            q.retain(|&other| other != id);
+            if q.is_empty() {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// Removes a handshake from [`Pending`] when it ends, however it ends.
+struct PendingGuard {
+    pending: Arc<Mutex<Pending>>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.id);
+    }
+}
+
+/// The address a peer is counted under: an IPv4 peer on an IPv6 socket
+/// counts as its IPv4 address.
+fn peer_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
     }
 }
 
@@ -1206,8 +1297,13 @@ impl Default for IncomingOptions {
 ///
 /// Each handshake runs in its own task with [`DEFAULT_HANDSHAKE_TIMEOUT`],
 /// using the configuration current when the connection was accepted, so
-/// a slow or hostile peer never holds up the others. Failed handshakes are
-/// logged at debug level and dropped; the stream never yields an error.
+/// a slow or hostile peer never holds up the others. Accepting never
+/// waits: past [`DEFAULT_MAX_HANDSHAKES_PER_IP`] pending handshakes from
+/// one address, or [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] in all, a new
+/// connection drops the oldest pending one (a fleet peer finishes its
+/// handshake in milliseconds; a socket that is still silent is the one to
+/// go). Failed handshakes are logged at debug level and dropped; the
+/// stream never yields an error.
 /// Dropping the stream stops accepting and closes the listener.
 ///
 /// Must be called inside a tokio runtime.
@@ -1224,13 +1320,12 @@ pub fn incoming_with(
     tls: ServerTls,
     options: IncomingOptions,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + Unpin + 'static {
-    let max = options.max_concurrent_handshakes.max(1);
-    let (tx, rx) = mpsc::channel(max);
+    let (tx, rx) = mpsc::channel(options.max_concurrent_handshakes.max(1));
     let span = tracing::debug_span!(
         "tls_accept",
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
     );
-    tokio::spawn(accept_loop(listener, tls, options, max, tx).instrument(span));
+    tokio::spawn(accept_loop(listener, tls, options, tx).instrument(span));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
@@ -1238,18 +1333,10 @@ async fn accept_loop(
     listener: TcpListener,
     tls: ServerTls,
     options: IncomingOptions,
-    max: usize,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let permits = Arc::new(Semaphore::new(max));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let (tcp, remote) = tokio::select! {
             _ = tx.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -1268,16 +1355,27 @@ async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%remote, %error, "cannot set TCP_NODELAY");
         }
+        let (id, cancelled) = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(peer_ip(remote), &options);
+        let guard = PendingGuard {
+            pending: pending.clone(),
+            id,
+        };
         let (config, generation) = tls.config_and_generation();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tx = tx.clone();
         tokio::spawn(
             async move {
-                let _permit = permit;
-                let stream =
-                    match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
-                        .await
-                    {
+                let handshake =
+                    tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    _ = cancelled => {
+                        debug!("TLS handshake dropped for a newer connection");
+                        return;
+                    }
+                    done = handshake => match done {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
                             let error = describe_handshake_error(&error);
@@ -1288,7 +1386,10 @@ async fn accept_loop(
                             debug!(timeout = ?options.handshake_timeout, "TLS handshake timed out");
                             return;
                         }
-                    };
+                    },
+                };
+                // Authenticated: no longer counted as pending.
+                drop(guard);
                 match TlsConn::new(stream, remote, generation) {
                     Ok(conn) => {
                         debug!(peer = %conn.peer.identity, "TLS connection accepted");
@@ -1881,6 +1982,65 @@ pub enum TlsError {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn options(per_ip: usize, max: usize) -> IncomingOptions {
+        IncomingOptions {
+            max_handshakes_per_ip: per_ip,
+            max_concurrent_handshakes: max,
+            ..IncomingOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_new_handshake_drops_the_oldest_of_its_address_then_the_oldest_of_all() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let o = options(2, 3);
+        let mut p = Pending::default();
+        let (_, mut a1) = p.admit(a, &o);
+        let (_, mut a2) = p.admit(a, &o);
+        let (_, mut b1) = p.admit(b, &o);
+        assert_eq!(p.len(), 3);
+        // A third from a: its own oldest goes, b's stays.
+        let (_, mut a3) = p.admit(a, &o);
+        assert!(a1
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert!(a2
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert!(b1
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert_eq!(p.len(), 3);
+        // A second from b: the limit of all drops the oldest of all (a2).
+        let (b2, _b2) = p.admit(b, &o);
+        assert!(a2
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert!(a3
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert_eq!(p.len(), 3);
+        // Ended handshakes free their place.
+        p.remove(b2);
+        p.remove(b2);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.per_ip.get(&b).map(VecDeque::len), Some(1));
+    }
+
+    #[test]
+    fn ipv4_peers_on_an_ipv6_socket_count_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:4000".parse().unwrap();
+        assert_eq!(peer_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(peer_ip(v6), v6.ip());
+    }
 }
 
 #[cfg(test)]

@@ -519,6 +519,58 @@ async fn silent_clients_do_not_stall_others() {
 }
 
 #[tokio::test]
+async fn hundreds_of_idle_sockets_do_not_hold_up_a_new_peer() {
+    let fleet = TestFleet::new();
+    let (files, _) = fleet.issue("agent", agent("jetson-01"));
+    // Far longer than the test may take: only dropping the oldest silent
+    // sockets lets the good client in while they are still open.
+    let options = IncomingOptions {
+        handshake_timeout: Duration::from_secs(600),
+        ..IncomingOptions::default()
+    };
+    let server = TestServer::start_with(ServerTls::from_files(files).unwrap(), options).await;
+    let controller = fleet.client("controller", Principal::Controller);
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    call(&controller, server.addr, Expect::AnyAgent)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_pending_handshakes() {
+    let fleet = TestFleet::new();
+    let (files, _) = fleet.issue("agent", agent("jetson-01"));
+    let options = IncomingOptions {
+        handshake_timeout: Duration::from_secs(600),
+        max_handshakes_per_ip: 4,
+        ..IncomingOptions::default()
+    };
+    let server = TestServer::start_with(ServerTls::from_files(files).unwrap(), options).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The fifth from this address drops the first.
+    let mut buf = [0u8; 16];
+    let read = within("the server hangs up on the oldest", idle[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let controller = fleet.client("controller", Principal::Controller);
+    call(&controller, server.addr, Expect::AnyAgent)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped() {
     let fleet = TestFleet::new();
     let (files, _) = fleet.issue("agent", agent("jetson-01"));

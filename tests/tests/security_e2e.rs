@@ -368,3 +368,63 @@ async fn sighup_reads_a_crl_added_to_the_config() {
     drop(controller);
     f.finish().await;
 }
+
+/// Opens `n` TCP connections to `addr` that never start a TLS handshake.
+async fn idle_sockets(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}
+
+/// 256 idle TCP connections (no TLS handshake) do not hold up an
+/// authenticated client, on the controller or on an agent: its call is
+/// answered within a few seconds while they stay open (it waited out the
+/// idle sockets' handshake timeout, about 10 s, before).
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_stall_authenticated_clients() {
+    const IDLE: usize = 256;
+    const BOUND: Duration = Duration::from_secs(3);
+    let f = rig("sec-idle", 74).await;
+    let controller = ControllerHandle::start(
+        &f.bed.dir().join("controller"),
+        &f.pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 74)),
+        &[&f.agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .unwrap();
+    let viewer = f.pki.user("patient", Role::Viewer).unwrap();
+
+    let idle = idle_sockets(controller.addr, IDLE).await;
+    let started = tokio::time::Instant::now();
+    let mut c = tokio::time::timeout(DEADLINE, controller.client_as(&viewer))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    c.list_nodes(v1::ListNodesRequest::default()).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("controller: a call beside {IDLE} idle sockets took {took:?}");
+    assert!(took < BOUND, "the controller took {took:?}");
+    drop(idle);
+
+    let idle = idle_sockets(f.agent.addr, IDLE).await;
+    let started = tokio::time::Instant::now();
+    let mut a = tokio::time::timeout(DEADLINE, f.agent.client_as(&viewer))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    a.get_node(v1::GetNodeRequest {}).await.unwrap();
+    let took = started.elapsed();
+    eprintln!("agent: a call beside {IDLE} idle sockets took {took:?}");
+    assert!(took < BOUND, "the agent took {took:?}");
+    drop(idle);
+    drop(controller);
+    f.finish().await;
+}
