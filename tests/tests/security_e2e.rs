@@ -428,3 +428,38 @@ async fn idle_connections_do_not_stall_authenticated_clients() {
     drop(controller);
     f.finish().await;
 }
+
+/// SetClocks on a board without jetson_clocks is a precondition the admin
+/// can fix, said without the board's paths.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_without_jetson_clocks_is_a_failed_precondition() {
+    let f = rig("sec-clk", 75).await;
+    let mut admin = f.agent.client(&f.pki, Role::Admin).await.unwrap();
+    let node = admin
+        .get_node(v1::GetNodeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!node.jetson_clocks, "the simulated board has none");
+    for enabled in [true, false] {
+        let err = admin
+            .set_clocks(v1::SetClocksRequest { enabled })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("jetson_clocks is not installed")
+                && err.message().contains("[hardware] jetson_clocks"),
+            "{err:?}"
+        );
+        assert!(
+            !err.message().contains('/'),
+            "no path of the board: {err:?}"
+        );
+    }
+    f.finish().await;
+}

@@ -57,6 +57,7 @@ impl From<NodeError> for RpcStatus {
             NodeError::UnknownMode { .. } => RpcStatus::invalid_argument(msg),
             NodeError::RebootRequired { .. } => RpcStatus::failed_precondition(msg),
             NodeError::NotSupported { .. } => RpcStatus::unimplemented(msg),
+            NodeError::NotInstalled { .. } => RpcStatus::failed_precondition(msg),
             NodeError::Hardware(_) => RpcStatus::internal(msg),
         }
     }
