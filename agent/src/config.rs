@@ -38,11 +38,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the agent config {path} is invalid; `fleet-agent gen-config` prints a valid one")]
+    #[error(
+        "the agent config {path} is invalid; `fleet-agent gen-config` prints a valid one: {report}"
+    )]
     Parse {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        /// toml's report, naming the key where toml does not.
+        report: String,
     },
     #[error("the agent config {path} is invalid: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -295,9 +297,9 @@ impl AgentConfig {
     }
 
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            report: fleet_proto::toml_error::report(text, &e),
         })?;
         if let Err(e) = cfg.guard.validate() {
             return Err(ConfigError::Invalid {
@@ -408,6 +410,15 @@ mod tests {
     fn parse(text: &str) -> Result<AgentConfig, String> {
         AgentConfig::from_str(Path::new("a.toml"), &format!("node = \"j\"\n{text}"))
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = parse("listen = \"0.0.0.0:7443\"\nlisten = \"0.0.0.0:7444\"\n").unwrap_err();
+        assert!(
+            e.contains("a.toml") && e.contains("duplicate key `listen`") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]
