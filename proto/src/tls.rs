@@ -103,6 +103,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::{self, Identity, IdentityError};
 
+/// What [`peer_alert`] returns.
+pub use rustls::AlertDescription;
+
 /// How long a peer may take to complete the TLS handshake before it is
 /// dropped. A fleet peer needs milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -365,6 +368,9 @@ struct Material {
     identity: Identity,
     cert_origin: Origin,
     key_origin: Origin,
+    /// The validity of this process's certificate, seconds since the epoch.
+    not_before: i64,
+    not_after: i64,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -573,6 +579,8 @@ impl Material {
             identity,
             cert_origin,
             key_origin,
+            not_before,
+            not_after,
         })
     }
 }
@@ -655,6 +663,28 @@ pub enum PeerIdentityError {
         /// Whom we expected.
         expected: Expect,
     },
+}
+
+/// The TLS alert the peer ended the connection with, if `e` or one of its
+/// causes is one: how a client learns why a server refused its
+/// certificate (`CertificateRevoked`, `CertificateExpired`, `UnknownCA`,
+/// ...), often only at its first call, since a TLS 1.3 client finishes
+/// its handshake before the server has checked its certificate.
+pub fn peer_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(rustls::Error::AlertReceived(alert)) = err.downcast_ref::<rustls::Error>() {
+            return Some(*alert);
+        }
+        // io::Error's source() skips the error it wraps.
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            if let Some(alert) = peer_alert(inner) {
+                return Some(alert);
+            }
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// The identity complaint inside a failed handshake, if that is why it failed.
@@ -1624,6 +1654,13 @@ impl ClientTls {
         self.material().identity.clone()
     }
 
+    /// When this client's certificate becomes valid and when it expires,
+    /// seconds since the Unix epoch. A server refuses it outside them.
+    pub fn validity(&self) -> (i64, i64) {
+        let m = self.material();
+        (m.not_before, m.not_after)
+    }
+
     fn material(&self) -> Arc<Material> {
         self.inner
             .material
@@ -1719,6 +1756,43 @@ impl ClientTls {
                 expect,
                 source,
             })
+    }
+
+    /// The TLS alert with which the server at `addr` refuses this client's
+    /// certificate, if it does (`CertificateRevoked`, `CertificateExpired`,
+    /// ...); `None` if it accepts it or cannot be asked.
+    ///
+    /// A TLS 1.3 client finishes its handshake before the server checks
+    /// its certificate, and the server's alert then often reaches a gRPC
+    /// call only as "connection closed". This makes one connection of its
+    /// own, sends the HTTP/2 preface and reads the answer: the server's
+    /// first frame, or its alert.
+    pub async fn refusal(
+        &self,
+        addr: impl fmt::Display,
+        expect: Expect,
+    ) -> Option<AlertDescription> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: Uri = format!("http://{addr}").parse().ok()?;
+        let ask = async {
+            let mut stream = match self.connector(expect).dial(uri).await {
+                Ok(io) => io.into_inner(),
+                Err(e) => return peer_alert(&e),
+            };
+            if let Err(e) = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await {
+                return peer_alert(&e);
+            }
+            let _ = stream.flush().await;
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf).await {
+                Ok(_) => None,
+                Err(e) => peer_alert(&e),
+            }
+        };
+        tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, ask)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A channel that connects on first use and reconnects after failures:

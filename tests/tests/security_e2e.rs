@@ -463,3 +463,134 @@ async fn clocks_without_jetson_clocks_is_a_failed_precondition() {
     }
     f.finish().await;
 }
+
+/// What `fleetctl` printed and its exit code.
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+/// `fleetctl nodes` (controller) or `fleetctl ps` (agent) with these
+/// files, nothing of the caller's environment or config.
+async fn fleetctl(
+    home: &std::path::Path,
+    target: (&str, std::net::SocketAddr),
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Run {
+    std::fs::create_dir_all(home).unwrap();
+    let mut cmd = tokio::process::Command::new(fleet_testbed::agent::workspace_bin("fleetctl"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FLEET_") {
+            cmd.env_remove(&k);
+        }
+    }
+    let (flag, command) = match target.0 {
+        "controller" => ("--controller", "nodes"),
+        _ => ("--agent", "ps"),
+    };
+    let out = cmd
+        .arg(flag)
+        .arg(target.1.to_string())
+        .arg("--ca")
+        .arg(ca)
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .arg(command)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().expect("exited"),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// fleetctl with a revoked or an expired certificate says which
+/// certificate was refused and why, and exits 4 (refused), against the
+/// controller and against an agent.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_says_which_certificate_was_refused_and_exits_4() {
+    let mut f = rig("sec-cli", 76).await;
+    let crl = f.pki.revoke(&[]).unwrap();
+    f.agent.set_tls_key("crl", &crl).unwrap();
+    f.agent.restart(&f.board).await.unwrap();
+    let mut controller = ControllerHandle::start(
+        &f.bed.dir().join("controller"),
+        &f.pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 76)),
+        &[&f.agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .unwrap();
+    controller.set_tls_key("crl", &crl).unwrap();
+    controller.restart().await.unwrap();
+    let home = f.bed.dir().join("home");
+
+    let revoked = f.pki.user("rita", Role::Operator).unwrap();
+    let (expired_cert, expired_key) = fleet_testbed::tlsprobe::issue_expired(
+        &f.pki.ca,
+        "spiffe://testlab/user/operator/ed",
+        &f.bed.dir().join("ed"),
+    )
+    .unwrap();
+    let ok = fleetctl(
+        &home,
+        ("controller", controller.addr),
+        &f.pki.ca_path,
+        &revoked.cert,
+        &revoked.key,
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    f.pki.revoke(&[&revoked]).unwrap();
+    controller.sighup().unwrap();
+    f.agent.sighup().unwrap();
+
+    for target in [("controller", controller.addr), ("agent", f.agent.addr)] {
+        let run = wait_for("fleetctl to be refused", DEADLINE, || {
+            let (home, revoked, ca) = (home.clone(), revoked.clone(), f.pki.ca_path.clone());
+            async move {
+                let run = fleetctl(&home, target, &ca, &revoked.cert, &revoked.key).await;
+                Ok(if run.code != 0 {
+                    Check::Ready(run)
+                } else {
+                    Check::not_yet("still accepted")
+                })
+            }
+        })
+        .await
+        .unwrap();
+        eprintln!("{target:?}: exit {}: {}", run.code, run.stderr.trim());
+        assert_eq!(run.code, 4, "{target:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&revoked.cert.display().to_string())
+                && run.stderr.contains("revoked"),
+            "{target:?}: {}",
+            run.stderr
+        );
+
+        let run = fleetctl(&home, target, &f.pki.ca_path, &expired_cert, &expired_key).await;
+        eprintln!("{target:?}: exit {}: {}", run.code, run.stderr.trim());
+        assert_eq!(run.code, 4, "{target:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&expired_cert.display().to_string())
+                && run.stderr.contains("expired"),
+            "{target:?}: {}",
+            run.stderr
+        );
+    }
+    drop(controller);
+    f.finish().await;
+}
