@@ -157,6 +157,7 @@ impl App {
         {
             let server_tls = server_tls.clone();
             let client_tls = client_tls.clone();
+            let config_file = self.config.file.clone();
             tokio::spawn(async move {
                 let Ok(mut hup) =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -164,17 +165,12 @@ impl App {
                     return;
                 };
                 while hup.recv().await.is_some() {
-                    match server_tls.reload() {
-                        Ok(identity) => tracing::info!(%identity, "reloaded certificates"),
-                        Err(e) => {
-                            tracing::error!(error = %crate::grpc::error_chain(&e), "certificate reload failed; keeping the old ones")
-                        }
-                    }
-                    if let Some(client_tls) = &client_tls {
-                        if let Err(e) = client_tls.reload() {
-                            tracing::error!(error = %crate::grpc::error_chain(&e), "client certificate reload failed; keeping the old ones");
-                        }
-                    }
+                    fleet_proto::daemon::reload_tls(
+                        config_file.as_deref(),
+                        |path| AgentConfig::from_file(path).map(|c| c.tls),
+                        &server_tls,
+                        client_tls.as_ref(),
+                    );
                 }
             });
         }
@@ -218,7 +214,9 @@ impl App {
         };
         let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
         let server = Server::builder()
-            .layer(AuthzLayer)
+            .layer(AuthzLayer {
+                tls: server_tls.clone(),
+            })
             .add_service(health_service)
             .add_service(reflection)
             .add_service(v1::agent_server::AgentServer::new(service))

@@ -38,11 +38,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the agent config {path} is invalid; `fleet-agent gen-config` prints a valid one")]
+    #[error(
+        "the agent config {path} is invalid; `fleet-agent gen-config` prints a valid one: {report}"
+    )]
     Parse {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        /// toml's report, naming the key where toml does not.
+        report: String,
     },
     #[error("the agent config {path} is invalid: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -81,6 +83,9 @@ pub struct AgentConfig {
     /// revocation list, if any; reloaded on SIGHUP.
     #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
     pub tls: TlsFiles,
+    /// The file this config was read from; SIGHUP reads its `[tls]` again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     /// Where the board's sysfs, identity files, nvpmodel and jetson_clocks are.
     #[serde(default)]
     pub hardware: crate::hw::HwConfig,
@@ -286,13 +291,15 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_str(path, &text)
+        let mut cfg = Self::from_str(path, &text)?;
+        cfg.file = Some(path.to_owned());
+        Ok(cfg)
     }
 
     pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            report: fleet_proto::toml_error::report(text, &e),
         })?;
         if let Err(e) = cfg.guard.validate() {
             return Err(ConfigError::Invalid {
@@ -403,6 +410,15 @@ mod tests {
     fn parse(text: &str) -> Result<AgentConfig, String> {
         AgentConfig::from_str(Path::new("a.toml"), &format!("node = \"j\"\n{text}"))
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = parse("listen = \"0.0.0.0:7443\"\nlisten = \"0.0.0.0:7444\"\n").unwrap_err();
+        assert!(
+            e.contains("a.toml") && e.contains("duplicate key `listen`") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]

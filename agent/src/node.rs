@@ -35,6 +35,13 @@ pub enum NodeError {
     RebootRequired { mode: String },
     #[error("{what} is not available on this board: {why}")]
     NotSupported { what: &'static str, why: String },
+    /// A tool the call needs is not installed. The message names no path
+    /// of the board (the agent's log does).
+    #[error("{what} is not installed on this board (GetNode reports it false); {fix}")]
+    NotInstalled {
+        what: &'static str,
+        fix: &'static str,
+    },
     #[error("{0}")]
     Hardware(String),
 }
@@ -396,6 +403,17 @@ impl Node {
     }
 
     pub async fn set_clocks(&self, enabled: bool) -> Result<ClocksState, NodeError> {
+        let program = &self.hw_config.jetson_clocks;
+        if !program.exists() {
+            tracing::warn!(
+                path = %program.display(),
+                "SetClocks refused: jetson_clocks is not at the configured path ([hardware] jetson_clocks)"
+            );
+            return Err(NodeError::NotInstalled {
+                what: "jetson_clocks",
+                fix: "install it (NVIDIA's nvidia-l4t-tools package), or set [hardware] jetson_clocks in the agent's config to where it is",
+            });
+        }
         let mut hw = self.hw.lock().await;
         let result = if enabled {
             hw.clocks().lock().await

@@ -55,6 +55,7 @@ impl AgentTarget<'_> {
         }
         let s = self.settings;
         let tls = ClientTls::from_files(&s.ca.value, &s.cert.value, &s.key.value)?;
+        CliError::check_validity("the agent", &s.cert.value, &tls)?;
         let expect = match node {
             Some(n) => Expect::Agent(n),
             None => Expect::AnyAgent,

@@ -160,7 +160,7 @@ impl ConfigFile {
         toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             line_column: e.span().map(|s| line_column(text, s.start)),
-            message: e.message().trim().to_owned(),
+            message: fleet_proto::toml_error::message(text, &e),
         })
     }
 
@@ -692,6 +692,16 @@ node = "jetson-01"
             "{err}"
         );
         assert!(err.to_string().contains("controler"), "{err}");
+        let err = ConfigFile::from_str(
+            Path::new("/cfg/fleetctl.toml"),
+            "[contexts.dev]\ncontroller = \"a:1\"\ncontroller = \"b:1\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("line 3")
+                && err.to_string().contains("duplicate key `controller`"),
+            "{err}"
+        );
 
         let err = resolve_with(&Flags::default(), &env(&[(ENV_OUTPUT, "yaml")])).unwrap_err();
         assert!(err.to_string().contains("FLEET_OUTPUT"), "{err}");

@@ -62,6 +62,7 @@ impl ControllerTarget<'_> {
     pub async fn connect(&self) -> Result<Client, CliError> {
         let s = self.settings;
         let tls = ClientTls::from_files(&s.ca.value, &s.cert.value, &s.key.value)?;
+        CliError::check_validity("the controller", &s.cert.value, &tls)?;
         let channel = tls.connect(self.addr, Expect::Controller).await?;
         Ok(ControllerClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES))
     }

@@ -14,6 +14,7 @@ use crate::output::{Cell, Column, Out, Table};
 use crate::render::spec::spec_lines;
 use crate::spec_file::{self, LoadedSpec};
 use crate::views::{SpecView, SubmitList, SubmitView};
+use fleet_proto::tls::{ClientTls, Expect};
 
 /// Runs the parsed command line.
 pub async fn run(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
@@ -57,17 +58,26 @@ pub async fn run(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
                 node: settings.node.as_ref().map(|n| n.value.clone()),
                 settings: &settings,
             };
-            match &cli.command {
+            let result = match &cli.command {
                 Command::Submit(args) => {
                     let specs = spec_file::load_all(&args.files)?;
                     agent_cmds::submit(&target, &specs, args.wait, out).await
                 }
                 command => agent_cmds::run(command, &target, out).await,
+            };
+            match result {
+                Err(e) => Err(certificate_refusal(e, "the agent", &addr.value, &settings).await),
+                ok => ok,
             }
         }
         Target::Controller(addr) => {
             let target = controller_target(&addr.value, &settings);
-            controller_cmds::run(&cli.command, &target, out).await
+            match controller_cmds::run(&cli.command, &target, out).await {
+                Err(e) => {
+                    Err(certificate_refusal(e, "the controller", &addr.value, &settings).await)
+                }
+                ok => ok,
+            }
         }
         Target::None => Err(CliError::NeedsController {
             command: cli.command.name().to_owned(),
@@ -75,6 +85,31 @@ pub async fn run(cli: &Cli, out: &mut Out) -> Result<(), CliError> {
             with_agent: false,
         }),
     }
+}
+
+/// `e`, told as a refusal of the configured certificate when it is one.
+/// A call that failed at the connection asks the peer once more, on a
+/// connection of its own, whether it refuses the certificate.
+async fn certificate_refusal(
+    e: CliError,
+    peer: &'static str,
+    addr: &str,
+    settings: &Settings,
+) -> CliError {
+    let cert = &settings.cert.value;
+    let Ok(tls) = ClientTls::from_files(&settings.ca.value, cert, &settings.key.value) else {
+        return e;
+    };
+    let probed = if e.is_transport_failure() {
+        let expect = match peer {
+            "the controller" => Expect::Controller,
+            _ => Expect::AnyAgent,
+        };
+        tls.refusal(addr, expect).await
+    } else {
+        None
+    };
+    e.into_certificate_refusal(peer, cert, &tls.identity().to_string(), probed)
 }
 
 /// The controller at `addr`. `--node` counts only when given on the

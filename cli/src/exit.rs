@@ -10,15 +10,16 @@
 //! | 1 | error: the request failed, a file is bad, the peer cannot be reached, or the command needs a controller or an agent |
 //! | 2 | usage: bad flags or arguments (clap's own code too) |
 //! | 3 | not found: no such experiment or node (gRPC `NotFound`) |
-//! | 4 | refused: by policy or permission (`PermissionDenied`, `Unauthenticated`), a stale epoch or a needed reboot (`FailedPrecondition`), or the board declines (`Unavailable`, e.g. too hot) |
+//! | 4 | refused: by policy or permission (`PermissionDenied`, `Unauthenticated`), the certificate (revoked, expired, not of the fleet), a stale epoch or a needed reboot (`FailedPrecondition`), or the board declines (`Unavailable`, e.g. too hot) |
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use fleet_proto::identity::Principal;
 use fleet_proto::pki::PkiError;
 use fleet_proto::spec::file::SpecFileError;
-use fleet_proto::tls::TlsError;
+use fleet_proto::tls::{peer_alert, AlertDescription, TlsError};
 use tonic::Code;
 
 use crate::config::ConfigError;
@@ -125,6 +126,25 @@ pub enum CliError {
         /// Why the controller cannot do it, and what to do instead.
         why: &'static str,
     },
+    /// A peer refused this fleetctl's certificate (revoked, expired, not
+    /// of the fleet), or fleetctl saw before calling that it would.
+    #[error(
+        "{peer} {} the certificate {} ({identity}): {why}",
+        if *.before_calling { "would refuse" } else { "refused" },
+        .cert.display()
+    )]
+    CertificateRefused {
+        /// "the controller" or "the agent".
+        peer: &'static str,
+        /// Seen by fleetctl before it called (an expired certificate).
+        before_calling: bool,
+        /// The certificate file used.
+        cert: PathBuf,
+        /// The identity it names, as far as it could be read.
+        identity: String,
+        /// Why, and what to do.
+        why: String,
+    },
     /// The peer knows no such thing (without a gRPC `NotFound` to say so).
     #[error("{0}")]
     NotFound(String),
@@ -152,6 +172,7 @@ impl CliError {
             CliError::Many(errors) => errors.first().map_or(ExitCode::Error, CliError::exit_code),
             CliError::Usage(_) => ExitCode::Usage,
             CliError::NotFound(_) => ExitCode::NotFound,
+            CliError::CertificateRefused { .. } => ExitCode::Refused,
             CliError::Tls(_)
             | CliError::Config(_)
             | CliError::Pki(_)
@@ -204,6 +225,106 @@ impl CliError {
         }
     }
 
+    /// This error, told as a refusal of fleetctl's own certificate when
+    /// that is what it is: the peer ended the connection with a TLS alert
+    /// about the certificate (a revoked one is refused only once the
+    /// handshake is over, so the call fails with a bare "transport
+    /// error"), or answered `UNAUTHENTICATED`.
+    ///
+    /// `probed` is the alert a fresh connection got (see
+    /// [`fleet_proto::tls::ClientTls::refusal`]), for a call that failed
+    /// at the transport: hyper often drops the alert and reports only a
+    /// closed connection.
+    pub fn into_certificate_refusal(
+        self,
+        peer: &'static str,
+        cert: &Path,
+        identity: &str,
+        probed: Option<AlertDescription>,
+    ) -> Self {
+        let refused = |why: String| CliError::CertificateRefused {
+            peer,
+            before_calling: false,
+            cert: cert.to_owned(),
+            identity: identity.to_owned(),
+            why,
+        };
+        match self {
+            CliError::Many(errors) => CliError::Many(
+                errors
+                    .into_iter()
+                    .map(|e| e.into_certificate_refusal(peer, cert, identity, probed))
+                    .collect(),
+            ),
+            CliError::Rpc { status, context } => {
+                let transport = is_transport(&status);
+                let alert = peer_alert(&status).or(probed.filter(|_| transport));
+                if let Some(why) = alert.and_then(|a| alert_reason(a, identity)) {
+                    refused(why)
+                } else if status.code() == Code::Unauthenticated {
+                    refused(status_text(&status))
+                } else {
+                    CliError::Rpc { status, context }
+                }
+            }
+            CliError::Tls(e) => match peer_alert(&e)
+                .or(probed)
+                .and_then(|a| alert_reason(a, identity))
+            {
+                Some(why) => refused(why),
+                None => CliError::Tls(e),
+            },
+            other => other,
+        }
+    }
+
+    /// Whether the call failed at the connection rather than with an
+    /// answer, as a certificate the peer refused makes it fail.
+    pub fn is_transport_failure(&self) -> bool {
+        match self {
+            CliError::Rpc { status, .. } => is_transport(status),
+            CliError::Tls(
+                TlsError::Connect { .. } | TlsError::Handshake { .. } | TlsError::Dial { .. },
+            ) => true,
+            CliError::Many(errors) => errors.iter().any(CliError::is_transport_failure),
+            _ => false,
+        }
+    }
+
+    /// Refuses to call with a certificate outside its validity, which
+    /// every peer would refuse (and say less clearly why).
+    pub fn check_validity(
+        peer: &'static str,
+        cert: &Path,
+        tls: &fleet_proto::tls::ClientTls,
+    ) -> Result<(), CliError> {
+        let (not_before, not_after) = tls.validity();
+        let now = crate::time::now_us() / 1_000_000;
+        let at = |secs: i64| crate::time::rfc3339_utc(secs.saturating_mul(1_000_000));
+        let identity = tls.identity().to_string();
+        let why = if now > not_after {
+            format!(
+                "it expired at {}; ask an admin for a new one ({})",
+                at(not_after),
+                reissue(&identity)
+            )
+        } else if now < not_before {
+            format!(
+                "it is not valid before {}; check this machine's clock",
+                at(not_before)
+            )
+        } else {
+            return Ok(());
+        };
+        Err(CliError::CertificateRefused {
+            peer,
+            before_calling: true,
+            cert: cert.to_owned(),
+            identity,
+            why,
+        })
+    }
+
     /// An error status of a call, with what the call was for.
     pub fn rpc(context: impl Into<String>, status: tonic::Status) -> Self {
         CliError::Rpc {
@@ -226,6 +347,58 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// Whether a status is tonic's report of a broken connection, not an
+/// answer of the peer.
+fn is_transport(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::transport::Error>() || e.is::<io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// What a TLS alert about our certificate means, and what to do; `None`
+/// for alerts about something else.
+fn alert_reason(alert: AlertDescription, identity: &str) -> Option<String> {
+    let text = match alert {
+        AlertDescription::CertificateRevoked => format!(
+            "it is revoked (on the fleet's CRL); ask an admin for a new certificate ({})",
+            reissue(identity)
+        ),
+        AlertDescription::CertificateExpired => format!(
+            "it has expired, or is not valid yet (check this machine's clock); \
+             ask an admin for a new certificate ({})",
+            reissue(identity)
+        ),
+        AlertDescription::UnknownCA
+        | AlertDescription::BadCertificate
+        | AlertDescription::UnsupportedCertificate
+        | AlertDescription::CertificateUnknown
+        | AlertDescription::AccessDenied
+        | AlertDescription::CertificateRequired => {
+            return Some(format!(
+                "it is not accepted (TLS alert {alert:?}): it is not from this fleet's CA or \
+                 names no valid fleet identity; check --cert, FLEET_CERT or the context's cert"
+            ))
+        }
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// The command that issues a new certificate for `identity`.
+fn reissue(identity: &str) -> String {
+    match fleet_proto::identity::Identity::parse(identity).map(|i| i.principal().clone()) {
+        Ok(Principal::User { name, role }) => format!("fleetctl pki issue user {role} {name}"),
+        Ok(Principal::Agent { node }) => format!("fleetctl pki issue agent {node}"),
+        Ok(Principal::Controller) => "fleetctl pki issue controller".to_owned(),
+        Err(_) => "fleetctl pki issue".to_owned(),
+    }
 }
 
 /// A status's message, or the meaning of its code when it has none.
@@ -283,6 +456,56 @@ impl fmt::Display for ExitCode {
 mod tests {
     use super::*;
     use fleet_proto::spec::file::spec_from_toml;
+
+    #[test]
+    fn a_refused_certificate_is_named_with_exit_4() {
+        let cert = Path::new("/home/bob/.fleet/bob.pem");
+        let id = "spiffe://lab/user/operator/bob";
+        // The alert reached fleetctl only through its own probe.
+        let broken = tonic::Status::from_error(Box::new(io::Error::other("connection closed")));
+        let e = CliError::rpc("list nodes", broken).into_certificate_refusal(
+            "the controller",
+            cert,
+            id,
+            Some(AlertDescription::CertificateRevoked),
+        );
+        assert_eq!(e.exit_code(), ExitCode::Refused);
+        assert_eq!(
+            e.report(),
+            "fleetctl: the controller refused the certificate /home/bob/.fleet/bob.pem \
+             (spiffe://lab/user/operator/bob): it is revoked (on the fleet's CRL); ask an admin \
+             for a new certificate (fleetctl pki issue user operator bob)"
+        );
+        // The daemons' per-call check answers UNAUTHENTICATED.
+        let e = CliError::rpc(
+            "cordon",
+            tonic::Status::unauthenticated("the certificate of x is revoked"),
+        )
+        .into_certificate_refusal("the agent", cert, id, None);
+        assert!(
+            matches!(&e, CliError::CertificateRefused { why, .. } if why.contains("is revoked")),
+            "{e:?}"
+        );
+        // An answer of the peer is not a transport failure: a probe's
+        // alert does not rename it.
+        let e = CliError::rpc("get", tonic::Status::not_found("no such experiment"))
+            .into_certificate_refusal(
+                "the agent",
+                cert,
+                id,
+                Some(AlertDescription::CertificateRevoked),
+            );
+        assert_eq!(e.exit_code(), ExitCode::NotFound);
+        // An alert about something else is not about the certificate.
+        let broken = tonic::Status::from_error(Box::new(io::Error::other("connection closed")));
+        let e = CliError::rpc("get", broken).into_certificate_refusal(
+            "the agent",
+            cert,
+            id,
+            Some(AlertDescription::HandshakeFailure),
+        );
+        assert_eq!(e.exit_code(), ExitCode::Error);
+    }
 
     #[test]
     fn grpc_codes_map_to_documented_exit_codes() {

@@ -116,6 +116,7 @@ pub async fn run(
     {
         let server_tls = server_tls.clone();
         let client_tls = client_tls.clone();
+        let config_file = config.file.clone();
         tokio::spawn(async move {
             let Ok(mut hup) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -123,17 +124,12 @@ pub async fn run(
                 return;
             };
             while hup.recv().await.is_some() {
-                for (what, r) in [
-                    ("server", server_tls.reload()),
-                    ("client", client_tls.reload()),
-                ] {
-                    match r {
-                        Ok(id) => tracing::info!(%id, what, "reloaded certificates"),
-                        Err(e) => {
-                            tracing::error!(what, error = %crate::grpc::error_chain(&e), "certificate reload failed; keeping the old ones")
-                        }
-                    }
-                }
+                fleet_proto::daemon::reload_tls(
+                    config_file.as_deref(),
+                    |path| ControllerConfig::from_file(path).map(|c| c.tls),
+                    &server_tls,
+                    Some(&client_tls),
+                );
             }
         });
     }
@@ -171,7 +167,9 @@ pub async fn run(
         });
     let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
     let server = Server::builder()
-        .layer(AuthzLayer)
+        .layer(AuthzLayer {
+            tls: server_tls.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(v1::controller_server::ControllerServer::new(service))

@@ -27,12 +27,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error(
-        "the controller config {path} is invalid; `fleet-controller gen-config` prints a valid one"
+        "the controller config {path} is invalid; `fleet-controller gen-config` prints a valid one: {report}"
     )]
     Parse {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        /// toml's report, naming the key where toml does not.
+        report: String,
     },
     #[error("the controller config {path} is invalid: {problem}")]
     Invalid { path: PathBuf, problem: String },
@@ -63,6 +63,9 @@ pub struct ControllerConfig {
     /// revocation list, if any; reloaded on SIGHUP.
     #[serde(default = "default_tls", deserialize_with = "tls_or_defaults")]
     pub tls: TlsFiles,
+    /// The file this config was read from; SIGHUP reads its `[tls]` again.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     /// Boards known from the start; agents may also join at run time.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -120,13 +123,15 @@ impl ControllerConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let mut cfg = Self::parse(path, &text)?;
+        cfg.file = Some(path.to_owned());
+        Ok(cfg)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: ControllerConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: ControllerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            report: fleet_proto::toml_error::report(text, &e),
         })?;
         let invalid = |problem: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -169,6 +174,17 @@ impl ControllerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = ControllerConfig::parse(Path::new("c.toml"), "[tls]\nca = \"/a\"\nca = \"/b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("duplicate key `ca`") && e.contains("line 3"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn defaults_strictness_and_shipped_file() {

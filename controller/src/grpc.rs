@@ -888,19 +888,28 @@ impl Controller for ControllerService {
 }
 
 /// Refuses every call the role table does not allow, before any handler.
-#[derive(Clone, Default)]
-pub struct AuthzLayer;
+/// Also checks, call by call, that the caller's certificate still passes
+/// the TLS configuration loaded now (CRL, CA, expiry), so a revocation
+/// loaded by SIGHUP reaches connections opened before it.
+#[derive(Clone)]
+pub struct AuthzLayer {
+    pub tls: fleet_proto::tls::ServerTls,
+}
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authz { inner }
+        Authz {
+            inner,
+            tls: self.tls.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
+    tls: fleet_proto::tls::ServerTls,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Authz<S>
@@ -918,24 +927,43 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .map(|p| p.identity().clone());
+        let peer = req.extensions().get::<PeerInfo>().cloned();
         let path = req.uri().path().to_owned();
-        let verdict = match &peer {
-            Some(id) if crate::authz::allowed(id.principal(), &path) => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
+        let current = peer.as_ref().map(|p| self.tls.check_peer(p));
+        let verdict = match (&peer, current) {
+            (_, Some(Err(e))) => Err(Status::unauthenticated(e.to_string())),
+            (Some(p), _) if crate::authz::allowed(p.identity().principal(), &path) => {
+                // Who changed what in the fleet, for the journal.
+                if crate::authz::access_of(&path).is_some_and(|a| a != crate::authz::Access::Read) {
+                    tracing::info!(
+                        caller = %p.identity().uri(),
+                        remote = %p.remote_addr(),
+                        method = %path,
+                        "state-changing call"
+                    );
+                }
+                Ok(())
+            }
+            (Some(p), _) => Err(Status::permission_denied(format!(
                 "{} may not call {path}; ask an admin for a certificate with the right role",
-                id.uri()
+                p.identity().uri()
             ))),
-            None => Err(Status::unauthenticated(
+            (None, _) => Err(Status::unauthenticated(
                 "no client certificate identity on this connection",
             )),
         };
         match verdict {
             Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => {
+                tracing::info!(
+                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
+                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
+                    method = %path,
+                    reason = %status.message(),
+                    "refused"
+                );
+                Box::pin(async move { Ok(status.into_http()) })
+            }
         }
     }
 }

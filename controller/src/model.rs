@@ -359,7 +359,8 @@ pub struct NewEvent {
     pub node: Option<NodeName>,
     pub epoch: Option<u64>,
     pub message: String,
-    /// Who caused it: "user/alice", "scheduler", "agent/jetson-03".
+    /// Who caused it: "user/<role>/<name>" (e.g. "user/operator/alice"),
+    /// "scheduler", "agent/<node>", "controller".
     pub actor: String,
 }
 

@@ -55,3 +55,4 @@ pub mod identity;
 pub mod pki;
 pub mod spec;
 pub mod tls;
+pub mod toml_error;

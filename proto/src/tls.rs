@@ -7,8 +7,10 @@
 //!
 //! * Server: [`ServerTls`] holds the current `rustls::ServerConfig`;
 //!   [`ServerTls::reload`] re-reads the files (on SIGHUP) and swaps it
-//!   atomically, so the next handshake sees a new certificate or CRL while
-//!   connections already open keep theirs. [`incoming`] turns a
+//!   atomically, so the next handshake sees a new certificate or CRL;
+//!   connections already open keep their session, and
+//!   [`ServerTls::check_peer`] checks their peer against the current CA and
+//!   CRL on every call (the daemons' authorization layers do). [`incoming`] turns a
 //!   `TcpListener` into the stream of authenticated connections that
 //!   `tonic::transport::Server::serve_with_incoming` takes.
 //! * Client: [`ClientTls`] dials `host:port`, does the handshake in its own
@@ -65,13 +67,15 @@
 //! # drop(agent); Ok(()) }
 //! ```
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -91,7 +95,7 @@ use rustls_pki_types::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info, warn, Instrument};
@@ -99,11 +103,20 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::identity::{self, Identity, IdentityError};
 
-/// How long a peer may take to complete the TLS handshake before it is dropped.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many handshakes [`incoming`] runs at once; past that it stops accepting
-/// until one finishes, so a flood of slow peers costs bounded memory.
+/// What [`peer_alert`] returns.
+pub use rustls::AlertDescription;
+
+/// How long a peer may take to complete the TLS handshake before it is
+/// dropped. A fleet peer needs milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many handshakes [`incoming`] runs at once. A connection past that
+/// drops the oldest handshake still pending, so a flood of silent peers
+/// costs bounded memory and never makes a new peer wait.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// How many handshakes [`incoming`] runs at once for one IP address. A
+/// connection past that drops the oldest handshake still pending from the
+/// same address, so one host cannot take the slots of others.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
 /// How long [`ClientTls::connect`] waits for TCP and TLS to a peer.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive ping interval of client channels: a dead peer behind a
@@ -355,6 +368,9 @@ struct Material {
     identity: Identity,
     cert_origin: Origin,
     key_origin: Origin,
+    /// The validity of this process's certificate, seconds since the epoch.
+    not_before: i64,
+    not_after: i64,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -563,8 +579,24 @@ impl Material {
             identity,
             cert_origin,
             key_origin,
+            not_before,
+            not_after,
         })
     }
+}
+
+/// A serial number as `fleetctl pki` shows it: lowercase hex pairs joined
+/// by `:`, without leading zero bytes.
+fn serial_text(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[start..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn unix_now() -> i64 {
@@ -631,6 +663,28 @@ pub enum PeerIdentityError {
         /// Whom we expected.
         expected: Expect,
     },
+}
+
+/// The TLS alert the peer ended the connection with, if `e` or one of its
+/// causes is one: how a client learns why a server refused its
+/// certificate (`CertificateRevoked`, `CertificateExpired`, `UnknownCA`,
+/// ...), often only at its first call, since a TLS 1.3 client finishes
+/// its handshake before the server has checked its certificate.
+pub fn peer_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(rustls::Error::AlertReceived(alert)) = err.downcast_ref::<rustls::Error>() {
+            return Some(*alert);
+        }
+        // io::Error's source() skips the error it wraps.
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            if let Some(alert) = peer_alert(inner) {
+                return Some(alert);
+            }
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// The identity complaint inside a failed handshake, if that is why it failed.
@@ -733,10 +787,21 @@ impl ClientCertVerifier for FleetClientVerifier {
 struct ServerState {
     config: Arc<ServerConfig>,
     identity: Identity,
+    /// What peers are checked against on every call ([`ServerTls::check_peer`]).
+    check: PeerCheck,
+    /// Counts configurations: 1 for the first, one more per reload.
+    generation: u64,
+}
+
+/// The CA and CRL a server checks its peers against, call by call.
+struct PeerCheck {
+    roots: Arc<RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 struct ServerInner {
-    source: TlsSource,
+    source: RwLock<TlsSource>,
     state: RwLock<ServerState>,
 }
 
@@ -750,7 +815,7 @@ pub struct ServerTls {
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
-            .field("source", &self.inner.source)
+            .field("source", &self.source())
             .field("identity", &self.identity())
             .finish()
     }
@@ -761,10 +826,10 @@ impl ServerTls {
     /// (a controller or agent certificate).
     pub fn new(source: impl Into<TlsSource>) -> Result<Self, TlsError> {
         let source = source.into();
-        let state = build_server(&source)?;
+        let state = build_server(&source, 1)?;
         Ok(ServerTls {
             inner: Arc::new(ServerInner {
-                source,
+                source: RwLock::new(source),
                 state: RwLock::new(state),
             }),
         })
@@ -782,17 +847,28 @@ impl ServerTls {
 
     /// Re-reads the source and swaps the configuration for the next handshakes.
     ///
-    /// Connections already established keep the configuration they were
-    /// made with. On any error the current configuration stays in use. The
-    /// certificate must keep naming the same identity: changing who a
-    /// process is takes a restart.
+    /// Connections already established keep their session, but every call
+    /// on them is checked against the new CA and CRL by
+    /// [`ServerTls::check_peer`]. On any error the current configuration
+    /// stays in use. The certificate must keep naming the same identity:
+    /// changing who a process is takes a restart.
     pub fn reload(&self) -> Result<Identity, TlsError> {
-        let new = build_server(&self.inner.source)?;
+        let source = self.source();
+        self.reload_from(source)
+    }
+
+    /// As [`ServerTls::reload`], from another source (the `[tls]` table of
+    /// a config file read again, which may name other files or add a CRL).
+    /// On success the new source is the one later reloads read; on error
+    /// nothing changes.
+    pub fn reload_from(&self, source: impl Into<TlsSource>) -> Result<Identity, TlsError> {
+        let source = source.into();
         let mut state = self
             .inner
             .state
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        let new = build_server(&source, state.generation + 1)?;
         if new.identity != state.identity {
             return Err(TlsError::IdentityChanged {
                 now: Box::new(new.identity),
@@ -800,13 +876,88 @@ impl ServerTls {
             });
         }
         *state = new;
+        *self
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = source;
         info!(identity = %state.identity, "TLS configuration reloaded");
         Ok(state.identity.clone())
+    }
+
+    /// Where the configuration is read from.
+    pub fn source(&self) -> TlsSource {
+        self.inner
+            .source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether `peer`, authenticated when its connection was made, still
+    /// is under the configuration loaded now: its certificate not revoked
+    /// by the current CRL, still issued by a trusted CA, not expired.
+    ///
+    /// Meant for every call (an authorization layer), so that a revocation
+    /// loaded by [`ServerTls::reload`] reaches connections already open.
+    /// The full check runs once per connection and configuration; after
+    /// that a call costs a lock and a comparison.
+    pub fn check_peer(&self, peer: &PeerInfo) -> Result<(), PeerRefused> {
+        let cert = &peer.cert;
+        let refused = |why: RefusedBecause| PeerRefused {
+            identity: Box::new(peer.identity.clone()),
+            serial: cert.serial.clone(),
+            why,
+        };
+        let now = unix_now();
+        if now > cert.not_after {
+            return Err(refused(RefusedBecause::Expired {
+                not_after: cert.not_after,
+            }));
+        }
+        let state = self.read_state();
+        if cert.checked.load(Ordering::Acquire) == state.generation {
+            return Ok(());
+        }
+        let check = &state.check;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = check.crls.iter().collect();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(now.max(0) as u64));
+        let verdict = webpki::EndEntityCert::try_from(&cert.chain[0]).and_then(|ee| {
+            ee.verify_for_usage(
+                check.algorithms.all,
+                &check.roots.roots,
+                &cert.chain[1..],
+                at,
+                webpki::KeyUsage::client_auth(),
+                revocation_options(&crl_refs),
+                None,
+            )
+            .map(|_| ())
+        });
+        match verdict {
+            Ok(()) => {
+                cert.checked.store(state.generation, Ordering::Release);
+                Ok(())
+            }
+            Err(webpki::Error::CertRevoked) => Err(refused(RefusedBecause::Revoked)),
+            Err(webpki::Error::CertExpired { .. }) => Err(refused(RefusedBecause::Expired {
+                not_after: cert.not_after,
+            })),
+            Err(e) => Err(refused(RefusedBecause::Untrusted {
+                reason: e.to_string(),
+            })),
+        }
     }
 
     /// The configuration the next handshake will use.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.read_state().config.clone()
+    }
+
+    /// [`ServerTls::config`] and its generation, for the accept loop.
+    fn config_and_generation(&self) -> (Arc<ServerConfig>, u64) {
+        let state = self.read_state();
+        (state.config.clone(), state.generation)
     }
 
     /// Who this server is, from its own certificate.
@@ -822,8 +973,22 @@ impl ServerTls {
     }
 }
 
-fn build_server(source: &TlsSource) -> Result<ServerState, TlsError> {
+fn build_server(source: &TlsSource, generation: u64) -> Result<ServerState, TlsError> {
     let m = Material::load(source, Side::Server)?;
+    let check = PeerCheck {
+        roots: m.roots.clone(),
+        crls: m
+            .crls
+            .iter()
+            .map(|c| webpki::OwnedCertRevocationList::from_der(c).map(Into::into))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TlsError::BadCrl {
+                crl: Origin::Memory,
+                ca: Origin::Memory,
+                source,
+            })?,
+        algorithms: m.provider.signature_verification_algorithms,
+    };
     let inner = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), m.provider.clone())
         .with_crls(m.crls.iter().cloned())
         .only_check_end_entity_revocation()
@@ -851,15 +1016,74 @@ fn build_server(source: &TlsSource) -> Result<ServerState, TlsError> {
     Ok(ServerState {
         config: Arc::new(config),
         identity: m.identity,
+        check,
+        generation,
     })
+}
+
+/// Why [`ServerTls::check_peer`] no longer accepts a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the certificate of {identity} (serial {serial}) {why}")]
+pub struct PeerRefused {
+    /// Whom the certificate names.
+    pub identity: Box<Identity>,
+    /// Its serial number, hex, as `fleetctl pki revoke` takes it.
+    pub serial: String,
+    /// Why.
+    pub why: RefusedBecause,
+}
+
+/// The reason in a [`PeerRefused`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedBecause {
+    /// On the CRL this server loaded.
+    #[error(
+        "is revoked by this server's CRL; ask an admin for a new certificate (fleetctl pki issue)"
+    )]
+    Revoked,
+    /// Past its not-after.
+    #[error("expired at {not_after} (Unix time); ask an admin for a new certificate (fleetctl pki issue)")]
+    Expired {
+        /// Its not-after, seconds since the epoch.
+        not_after: i64,
+    },
+    /// No longer issued by a CA this server trusts (after a CA rotation).
+    #[error("is no longer trusted by this server ({reason}); ask an admin for a certificate from the fleet's current CA")]
+    Untrusted {
+        /// webpki's reason.
+        reason: String,
+    },
 }
 
 /// Who is on the other end of a server connection; in every request's
 /// extensions (`request.extensions().get::<PeerInfo>()`, or [`peer_info`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerInfo {
     identity: Identity,
     remote_addr: SocketAddr,
+    cert: Arc<PeerCert>,
+}
+
+impl PartialEq for PeerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+            && self.remote_addr == other.remote_addr
+            && self.cert.chain == other.cert.chain
+    }
+}
+
+impl Eq for PeerInfo {}
+
+/// The certificate a peer presented, for [`ServerTls::check_peer`].
+#[derive(Debug)]
+struct PeerCert {
+    /// Leaf first.
+    chain: Vec<CertificateDer<'static>>,
+    /// Hex, as `fleetctl pki revoke` takes it.
+    serial: String,
+    not_after: i64,
+    /// The generation of the server configuration it last passed under.
+    checked: AtomicU64,
 }
 
 impl PeerInfo {
@@ -872,6 +1096,12 @@ impl PeerInfo {
     /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote_addr
+    }
+
+    /// The serial number of the peer's certificate, hex, as
+    /// `fleetctl pki revoke` takes it.
+    pub fn serial(&self) -> &str {
+        &self.cert.serial
     }
 }
 
@@ -900,19 +1130,38 @@ impl TlsConn {
     fn new(
         stream: tokio_rustls::server::TlsStream<TcpStream>,
         remote_addr: SocketAddr,
+        generation: u64,
     ) -> Result<Self, PeerIdentityError> {
         let (_, session) = stream.get_ref();
-        let leaf = session
+        let chain: Vec<CertificateDer<'static>> = session
             .peer_certificates()
-            .and_then(|c| c.first())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect();
+        let leaf = chain
+            .first()
             .ok_or(PeerIdentityError::Invalid(IdentityError::NoUriSan))?;
         let identity =
             identity::principal_from_cert_der(leaf).map_err(PeerIdentityError::Invalid)?;
+        let (serial, not_after) = match X509Certificate::from_der(leaf) {
+            Ok((_, x)) => (
+                serial_text(x.raw_serial()),
+                x.validity().not_after.timestamp(),
+            ),
+            Err(_) => return Err(PeerIdentityError::Invalid(IdentityError::NoUriSan)),
+        };
         Ok(TlsConn {
             stream,
             peer: PeerInfo {
                 identity,
                 remote_addr,
+                cert: Arc::new(PeerCert {
+                    chain,
+                    serial,
+                    not_after,
+                    checked: AtomicU64::new(generation),
+                }),
             },
         })
     }
@@ -976,8 +1225,12 @@ impl AsyncWrite for TlsConn {
 pub struct IncomingOptions {
     /// A peer that has not completed its handshake by then is dropped.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once.
+    /// Handshakes in progress at once; a new connection past it drops the
+    /// oldest pending one.
     pub max_concurrent_handshakes: usize,
+    /// Handshakes in progress at once from one IP address; a new
+    /// connection past it drops the oldest pending one from that address.
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for IncomingOptions {
@@ -985,7 +1238,87 @@ impl Default for IncomingOptions {
         IncomingOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
         }
+    }
+}
+
+/// The handshakes in progress, oldest first, to drop the oldest when a
+/// limit is reached. Dropping an entry's sender ends its handshake.
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    by_id: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    per_ip: HashMap<IpAddr, VecDeque<u64>>,
+}
+
+impl Pending {
+    /// Registers a new handshake from `ip`, first dropping the oldest one
+    /// from the same address, or overall, that a limit leaves no room for.
+    /// Returns its id and what ends it early.
+    fn admit(&mut self, ip: IpAddr, options: &IncomingOptions) -> (u64, oneshot::Receiver<()>) {
+        let per_ip = options.max_handshakes_per_ip.max(1);
+        let max = options.max_concurrent_handshakes.max(1);
+        let from_ip = self.per_ip.get(&ip).map_or(0, VecDeque::len);
+        if from_ip >= per_ip {
+            if let Some(oldest) = self.per_ip.get(&ip).and_then(|q| q.front().copied()) {
+                debug!(%ip, limit = per_ip, "dropping this address's oldest pending TLS handshake");
+                self.remove(oldest);
+            }
+        }
+        if self.by_id.len() >= max {
+            if let Some(oldest) = self.by_id.keys().next().copied() {
+                debug!(limit = max, "dropping the oldest pending TLS handshake");
+                self.remove(oldest);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (cancel, cancelled) = oneshot::channel();
+        self.by_id.insert(id, (ip, cancel));
+        self.per_ip.entry(ip).or_default().push_back(id);
+        (id, cancelled)
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some((ip, _cancel)) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(q) = self.per_ip.get_mut(&ip) {
+            q.retain(|&other| other != id);
+            if q.is_empty() {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// Removes a handshake from [`Pending`] when it ends, however it ends.
+struct PendingGuard {
+    pending: Arc<Mutex<Pending>>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.id);
+    }
+}
+
+/// The address a peer is counted under: an IPv4 peer on an IPv6 socket
+/// counts as its IPv4 address.
+fn peer_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
     }
 }
 
@@ -994,8 +1327,13 @@ impl Default for IncomingOptions {
 ///
 /// Each handshake runs in its own task with [`DEFAULT_HANDSHAKE_TIMEOUT`],
 /// using the configuration current when the connection was accepted, so
-/// a slow or hostile peer never holds up the others. Failed handshakes are
-/// logged at debug level and dropped; the stream never yields an error.
+/// a slow or hostile peer never holds up the others. Accepting never
+/// waits: past [`DEFAULT_MAX_HANDSHAKES_PER_IP`] pending handshakes from
+/// one address, or [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] in all, a new
+/// connection drops the oldest pending one (a fleet peer finishes its
+/// handshake in milliseconds; a socket that is still silent is the one to
+/// go). Failed handshakes are logged at debug level and dropped; the
+/// stream never yields an error.
 /// Dropping the stream stops accepting and closes the listener.
 ///
 /// Must be called inside a tokio runtime.
@@ -1012,13 +1350,12 @@ pub fn incoming_with(
     tls: ServerTls,
     options: IncomingOptions,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + Unpin + 'static {
-    let max = options.max_concurrent_handshakes.max(1);
-    let (tx, rx) = mpsc::channel(max);
+    let (tx, rx) = mpsc::channel(options.max_concurrent_handshakes.max(1));
     let span = tracing::debug_span!(
         "tls_accept",
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
     );
-    tokio::spawn(accept_loop(listener, tls, options, max, tx).instrument(span));
+    tokio::spawn(accept_loop(listener, tls, options, tx).instrument(span));
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
@@ -1026,18 +1363,10 @@ async fn accept_loop(
     listener: TcpListener,
     tls: ServerTls,
     options: IncomingOptions,
-    max: usize,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let permits = Arc::new(Semaphore::new(max));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let (tcp, remote) = tokio::select! {
             _ = tx.closed() => return,
             accepted = listener.accept() => match accepted {
@@ -1056,15 +1385,27 @@ async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%remote, %error, "cannot set TCP_NODELAY");
         }
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (id, cancelled) = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(peer_ip(remote), &options);
+        let guard = PendingGuard {
+            pending: pending.clone(),
+            id,
+        };
+        let (config, generation) = tls.config_and_generation();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let tx = tx.clone();
         tokio::spawn(
             async move {
-                let _permit = permit;
-                let stream =
-                    match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
-                        .await
-                    {
+                let handshake =
+                    tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp));
+                let stream = tokio::select! {
+                    _ = cancelled => {
+                        debug!("TLS handshake dropped for a newer connection");
+                        return;
+                    }
+                    done = handshake => match done {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
                             let error = describe_handshake_error(&error);
@@ -1075,8 +1416,11 @@ async fn accept_loop(
                             debug!(timeout = ?options.handshake_timeout, "TLS handshake timed out");
                             return;
                         }
-                    };
-                match TlsConn::new(stream, remote) {
+                    },
+                };
+                // Authenticated: no longer counted as pending.
+                drop(guard);
+                match TlsConn::new(stream, remote, generation) {
                     Ok(conn) => {
                         debug!(peer = %conn.peer.identity, "TLS connection accepted");
                         let _ = tx.send(Ok(conn)).await;
@@ -1211,7 +1555,7 @@ impl ServerCertVerifier for FleetServerVerifier {
 }
 
 struct ClientInner {
-    source: TlsSource,
+    source: RwLock<TlsSource>,
     material: RwLock<Arc<Material>>,
 }
 
@@ -1226,7 +1570,7 @@ pub struct ClientTls {
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
-            .field("source", &self.inner.source)
+            .field("source", &self.source())
             .field("identity", &self.identity())
             .finish()
     }
@@ -1239,7 +1583,7 @@ impl ClientTls {
         let material = Material::load(&source, Side::Client)?;
         Ok(ClientTls {
             inner: Arc::new(ClientInner {
-                source,
+                source: RwLock::new(source),
                 material: RwLock::new(Arc::new(material)),
             }),
         })
@@ -1266,7 +1610,24 @@ impl ClientTls {
     /// Re-reads the source for connections made from now on; on error the
     /// current material stays. The identity must not change.
     pub fn reload(&self) -> Result<Identity, TlsError> {
-        let new = Material::load(&self.inner.source, Side::Client)?;
+        let source = self.source();
+        self.reload_from(source)
+    }
+
+    /// Where the material is read from.
+    pub fn source(&self) -> TlsSource {
+        self.inner
+            .source
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// As [`ClientTls::reload`], from another source; on success later
+    /// reloads read it.
+    pub fn reload_from(&self, source: impl Into<TlsSource>) -> Result<Identity, TlsError> {
+        let source = source.into();
+        let new = Material::load(&source, Side::Client)?;
         let mut material = self
             .inner
             .material
@@ -1279,6 +1640,11 @@ impl ClientTls {
             });
         }
         *material = Arc::new(new);
+        *self
+            .inner
+            .source
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = source;
         info!(identity = %material.identity, "client TLS material reloaded");
         Ok(material.identity.clone())
     }
@@ -1286,6 +1652,13 @@ impl ClientTls {
     /// Who this client is, from its own certificate.
     pub fn identity(&self) -> Identity {
         self.material().identity.clone()
+    }
+
+    /// When this client's certificate becomes valid and when it expires,
+    /// seconds since the Unix epoch. A server refuses it outside them.
+    pub fn validity(&self) -> (i64, i64) {
+        let m = self.material();
+        (m.not_before, m.not_after)
     }
 
     fn material(&self) -> Arc<Material> {
@@ -1383,6 +1756,43 @@ impl ClientTls {
                 expect,
                 source,
             })
+    }
+
+    /// The TLS alert with which the server at `addr` refuses this client's
+    /// certificate, if it does (`CertificateRevoked`, `CertificateExpired`,
+    /// ...); `None` if it accepts it or cannot be asked.
+    ///
+    /// A TLS 1.3 client finishes its handshake before the server checks
+    /// its certificate, and the server's alert then often reaches a gRPC
+    /// call only as "connection closed". This makes one connection of its
+    /// own, sends the HTTP/2 preface and reads the answer: the server's
+    /// first frame, or its alert.
+    pub async fn refusal(
+        &self,
+        addr: impl fmt::Display,
+        expect: Expect,
+    ) -> Option<AlertDescription> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: Uri = format!("http://{addr}").parse().ok()?;
+        let ask = async {
+            let mut stream = match self.connector(expect).dial(uri).await {
+                Ok(io) => io.into_inner(),
+                Err(e) => return peer_alert(&e),
+            };
+            if let Err(e) = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await {
+                return peer_alert(&e);
+            }
+            let _ = stream.flush().await;
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf).await {
+                Ok(_) => None,
+                Err(e) => peer_alert(&e),
+            }
+        };
+        tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, ask)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A channel that connects on first use and reconnects after failures:
@@ -1646,6 +2056,65 @@ pub enum TlsError {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn options(per_ip: usize, max: usize) -> IncomingOptions {
+        IncomingOptions {
+            max_handshakes_per_ip: per_ip,
+            max_concurrent_handshakes: max,
+            ..IncomingOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_new_handshake_drops_the_oldest_of_its_address_then_the_oldest_of_all() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let o = options(2, 3);
+        let mut p = Pending::default();
+        let (_, mut a1) = p.admit(a, &o);
+        let (_, mut a2) = p.admit(a, &o);
+        let (_, mut b1) = p.admit(b, &o);
+        assert_eq!(p.len(), 3);
+        // A third from a: its own oldest goes, b's stays.
+        let (_, mut a3) = p.admit(a, &o);
+        assert!(a1
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert!(a2
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert!(b1
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert_eq!(p.len(), 3);
+        // A second from b: the limit of all drops the oldest of all (a2).
+        let (b2, _b2) = p.admit(b, &o);
+        assert!(a2
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert!(a3
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert_eq!(p.len(), 3);
+        // Ended handshakes free their place.
+        p.remove(b2);
+        p.remove(b2);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.per_ip.get(&b).map(VecDeque::len), Some(1));
+    }
+
+    #[test]
+    fn ipv4_peers_on_an_ipv6_socket_count_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:4000".parse().unwrap();
+        assert_eq!(peer_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(peer_ip(v6), v6.ip());
+    }
 }
 
 #[cfg(test)]

@@ -194,3 +194,42 @@ async fn server_refuses_clients_of_the_ca_that_break_the_identity_rules() {
         );
     }
 }
+
+/// Every identity the proto's comments give as an example (a quoted
+/// "user/…", "agent/…") is one the fleet really writes: a principal path
+/// that parses, so `user/<role>/<name>`, never `user/<name>`.
+#[test]
+fn identities_in_the_proto_comments_are_real_ones() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/fleet/v1");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "proto") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let Some((_, comment)) = line.split_once("//") else {
+                continue;
+            };
+            for quoted in comment.split('"').skip(1).step_by(2) {
+                if !(quoted.starts_with("user/") || quoted.starts_with("agent/"))
+                    || quoted.contains('<')
+                {
+                    continue;
+                }
+                seen += 1;
+                let uri = format!("spiffe://lab/{quoted}");
+                if let Err(e) = fleet_proto::identity::Identity::parse(&uri) {
+                    panic!(
+                        "{}:{}: \"{quoted}\" is not an identity the fleet writes ({e}); \
+                         users are user/<role>/<name>",
+                        path.display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+    assert!(seen > 0, "no identity examples found in {}", dir.display());
+}

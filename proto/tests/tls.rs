@@ -346,10 +346,13 @@ async fn revoked_client_fails_after_reload_while_others_keep_working() {
         .await
         .unwrap();
     check(eve_before.clone()).await.unwrap();
+    let eve_peer = server.last_peer().unwrap();
+    server.tls.check_peer(&eve_peer).unwrap();
 
     // Revoking without a reload changes nothing yet.
-    fleet.revoke(&[eve_serial]);
+    fleet.revoke(std::slice::from_ref(&eve_serial));
     call(&eve, server.addr, Expect::AnyAgent).await.unwrap();
+    server.tls.check_peer(&eve_peer).unwrap();
 
     assert_eq!(
         server.tls.reload().unwrap(),
@@ -370,9 +373,22 @@ async fn revoked_client_fails_after_reload_while_others_keep_working() {
         &Identity::controller("lab").unwrap()
     );
     assert_eq!(server.calls(), calls + 1);
-    // ...and the connection eve made before the reload keeps its session:
-    // a reload never drops what is in flight.
+    server.tls.check_peer(&server.last_peer().unwrap()).unwrap();
+    // ...and the connection eve made before the reload keeps its session
+    // (a reload never drops what is in flight), but its peer no longer
+    // passes the check the daemons make on every call.
     check(eve_before).await.unwrap();
+    let refused = server.tls.check_peer(&eve_peer).unwrap_err();
+    assert_eq!(refused.why, tls::RefusedBecause::Revoked);
+    assert_eq!(refused.serial, eve_serial.to_string());
+    assert_eq!(eve_peer.serial(), eve_serial.to_string());
+    assert!(
+        refused
+            .to_string()
+            .contains("spiffe://lab/user/operator/eve")
+            && refused.to_string().contains("revoked"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]
@@ -500,6 +516,58 @@ async fn silent_clients_do_not_stall_others() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.calls(), 1);
     drop(silent);
+}
+
+#[tokio::test]
+async fn hundreds_of_idle_sockets_do_not_hold_up_a_new_peer() {
+    let fleet = TestFleet::new();
+    let (files, _) = fleet.issue("agent", agent("jetson-01"));
+    // Far longer than the test may take: only dropping the oldest silent
+    // sockets lets the good client in while they are still open.
+    let options = IncomingOptions {
+        handshake_timeout: Duration::from_secs(600),
+        ..IncomingOptions::default()
+    };
+    let server = TestServer::start_with(ServerTls::from_files(files).unwrap(), options).await;
+    let controller = fleet.client("controller", Principal::Controller);
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    call(&controller, server.addr, Expect::AnyAgent)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_pending_handshakes() {
+    let fleet = TestFleet::new();
+    let (files, _) = fleet.issue("agent", agent("jetson-01"));
+    let options = IncomingOptions {
+        handshake_timeout: Duration::from_secs(600),
+        max_handshakes_per_ip: 4,
+        ..IncomingOptions::default()
+    };
+    let server = TestServer::start_with(ServerTls::from_files(files).unwrap(), options).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The fifth from this address drops the first.
+    let mut buf = [0u8; 16];
+    let read = within("the server hangs up on the oldest", idle[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let controller = fleet.client("controller", Principal::Controller);
+    call(&controller, server.addr, Expect::AnyAgent)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -371,6 +371,16 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// Sets `key` of the config's `[tls]` table (a restart or SIGHUP reads it).
+    pub fn set_tls_key(&self, key: &str, value: &std::path::Path) -> anyhow::Result<()> {
+        set_tls_key(&self.config, key, value)
+    }
+
+    /// SIGHUP, what `systemctl reload fleet-agent` sends.
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        signal(self.pid(), libc::SIGHUP)
+    }
+
     /// A client as `certs`.
     pub async fn client_as(&self, certs: &CertFiles) -> anyhow::Result<AgentClient<Channel>> {
         Ok(AgentClient::new(
@@ -383,6 +393,49 @@ impl AgentHandle {
         let certs = pki.user(&format!("{}-{}", role.as_str(), self.starts), role)?;
         self.client_as(&certs).await
     }
+}
+
+/// Sets `key = value` in the `[tls]` table of the TOML file `config`,
+/// replacing the key when the table has it.
+pub fn set_tls_key(
+    config: &std::path::Path,
+    key: &str,
+    value: &std::path::Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config)?;
+    let line = format!("{key} = {value:?}");
+    let mut out = Vec::new();
+    let mut in_tls = false;
+    let mut done = false;
+    for l in text.lines() {
+        if l.trim_start().starts_with('[') {
+            if in_tls && !done {
+                out.push(line.clone());
+                done = true;
+            }
+            in_tls = l.trim() == "[tls]";
+        } else if in_tls && l.split('=').next().map(str::trim) == Some(key) {
+            out.push(line.clone());
+            done = true;
+            continue;
+        }
+        out.push(l.to_owned());
+    }
+    if !done {
+        anyhow::ensure!(in_tls, "no [tls] table in {}", config.display());
+        out.push(line);
+    }
+    std::fs::write(config, out.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// Sends `sig` to a running child.
+pub(crate) fn signal(pid: Option<u32>, sig: libc::c_int) -> anyhow::Result<()> {
+    let pid = pid.context("the process is not running")?;
+    // SAFETY: kill(2) with a pid of our own child and a valid signal.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    anyhow::ensure!(rc == 0, "kill {pid}: {}", std::io::Error::last_os_error());
+    Ok(())
 }
 
 fn fleet_agent_listen_addr_file() -> &'static str {

@@ -240,6 +240,16 @@ impl ControllerHandle {
         Ok(())
     }
 
+    /// Sets `key` of the config's `[tls]` table (a restart or SIGHUP reads it).
+    pub fn set_tls_key(&self, key: &str, value: &Path) -> anyhow::Result<()> {
+        crate::agent::set_tls_key(&self.config, key, value)
+    }
+
+    /// SIGHUP, what `systemctl reload fleet-controller` sends.
+    pub fn sighup(&self) -> anyhow::Result<()> {
+        crate::agent::signal(self.child.as_ref().and_then(|c| c.id()), libc::SIGHUP)
+    }
+
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
         self.spawn().await

@@ -68,6 +68,20 @@ impl TestPki {
         self.issue(Principal::Controller)
     }
 
+    /// Writes the fleet's CRL, revoking exactly `certs`, as `crl.pem` beside
+    /// the CA (what `fleetctl pki revoke` writes), and returns its path.
+    pub fn revoke(&self, certs: &[&CertFiles]) -> anyhow::Result<PathBuf> {
+        let serials: Vec<_> = certs.iter().map(|c| c.issued.serial.clone()).collect();
+        let path = self.crl_path();
+        fleet_proto::pki::write_public_file(&path, &self.ca.revoke(&serials)?)?;
+        Ok(path)
+    }
+
+    /// Where [`TestPki::revoke`] writes the CRL.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
     pub fn identity(&self, principal: Principal) -> Identity {
         Identity::new(FLEET, principal).expect("valid identity")
     }

@@ -122,6 +122,27 @@ pub fn issue_raw(
     uri: &str,
     dir: &Path,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    issue_raw_with(ca, uri, dir, |_| {})
+}
+
+/// A client certificate for `uri` from the fleet CA that expired in 2021.
+pub fn issue_expired(
+    ca: &fleet_proto::pki::Ca,
+    uri: &str,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    issue_raw_with(ca, uri, dir, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })
+}
+
+fn issue_raw_with(
+    ca: &fleet_proto::pki::Ca,
+    uri: &str,
+    dir: &Path,
+    adjust: impl FnOnce(&mut rcgen::CertificateParams),
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let ca_key = rcgen::KeyPair::from_pem(ca.key_pem())?;
     let issuer = rcgen::Issuer::from_ca_cert_pem(ca.cert_pem(), ca_key)?;
@@ -131,6 +152,7 @@ pub fn issue_raw(
         uri,
     )?)];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    adjust(&mut params);
     let cert = params.signed_by(&key, &issuer)?;
     let cert_path = dir.join("raw.pem");
     let key_path = dir.join("raw.key");

@@ -714,7 +714,7 @@ async fn the_agent_runs_under_its_shipped_unit_and_restarts_without_touching_exp
 
     // ExecReload: SIGHUP reloads the certificates in the same process.
     systemctl(&board, &["reload", "fleet-agent.service"]).await;
-    wait_logged(&board, "fleet-agent", "reloaded certificates").await;
+    wait_logged(&board, "fleet-agent", "reloaded TLS from [tls] of").await;
     let reloaded = wait_unit(&board, "fleet-agent.service", "to run", is_running).await;
     assert_eq!(reloaded["MainPID"], agent["MainPID"]);
 

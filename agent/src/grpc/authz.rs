@@ -1,17 +1,31 @@
 //! Who may call what on the agent: default deny, one table.
 //!
 //! The controller and `admin` users may do everything; `operator` users
-//! everything but removal; `viewer` users only reads. Agents (other boards)
-//! may call nothing. A method missing from the table is refused for all.
+//! run experiments (everything but removal and the board's hardware: power
+//! mode and jetson_clocks, which are admin-only as on the controller);
+//! `viewer` users only read. Agents (other boards) may call nothing. A
+//! method missing from the table is refused for all.
 
 use fleet_proto::identity::{Principal, Role};
 
 /// What a method does, for the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Viewer and up.
     Read,
+    /// Operator and up: runs experiments.
     Write,
+    /// Admin only: removes an experiment and its record.
     Remove,
+    /// Admin only: the board's power mode (which may reboot it) and clocks.
+    Hardware,
+}
+
+impl Access {
+    /// Whether a call changes something, so the agent logs who made it.
+    pub fn changes_state(self) -> bool {
+        !matches!(self, Access::Read)
+    }
 }
 
 /// The agent's methods (`/fleet.v1.Agent/<name>`) and what each does.
@@ -28,8 +42,8 @@ pub const AGENT_METHODS: &[(&str, Access)] = &[
     ("StartAll", Access::Write),
     ("StopAll", Access::Write),
     ("GetNode", Access::Read),
-    ("SetPowerMode", Access::Write),
-    ("SetClocks", Access::Write),
+    ("SetPowerMode", Access::Hardware),
+    ("SetClocks", Access::Hardware),
     ("WatchNode", Access::Read),
 ];
 
@@ -61,9 +75,9 @@ pub fn allowed(principal: &Principal, path: &str) -> bool {
         Principal::User { role, .. } => match (role, access) {
             (Role::Admin, _) => true,
             (Role::Operator, Access::Read | Access::Write) => true,
-            (Role::Operator, Access::Remove) => false,
+            (Role::Operator, Access::Remove | Access::Hardware) => false,
             (Role::Viewer, Access::Read) => true,
-            (Role::Viewer, Access::Write | Access::Remove) => false,
+            (Role::Viewer, Access::Write | Access::Remove | Access::Hardware) => false,
         },
         Principal::Agent { .. } => false,
     }
@@ -90,7 +104,7 @@ mod tests {
             assert!(allowed(&user(Role::Admin), &path), "{path}");
             assert_eq!(
                 allowed(&user(Role::Operator), &path),
-                *access != Access::Remove,
+                matches!(access, Access::Read | Access::Write),
                 "{path}"
             );
             assert_eq!(
@@ -110,6 +124,20 @@ mod tests {
         }
         assert!(allowed(&user(Role::Viewer), "/grpc.health.v1.Health/Check"));
         assert!(!allowed(&agent, "/grpc.health.v1.Health/Check"));
+    }
+
+    /// Board hardware is admin-only, as the controller has it: an operator
+    /// may neither switch the power mode (which may reboot the board) nor
+    /// lock the clocks by calling the agent directly.
+    #[test]
+    fn hardware_is_for_admins_and_the_controller() {
+        for method in ["SetPowerMode", "SetClocks"] {
+            let path = format!("/fleet.v1.Agent/{method}");
+            assert!(allowed(&Principal::Controller, &path));
+            assert!(allowed(&user(Role::Admin), &path));
+            assert!(!allowed(&user(Role::Operator), &path));
+            assert!(!allowed(&user(Role::Viewer), &path));
+        }
     }
 
     /// The table names exactly the methods of the generated service, so a

@@ -58,6 +58,7 @@ impl From<NodeError> for RpcStatus {
             NodeError::UnknownMode { .. } => RpcStatus::invalid_argument(msg),
             NodeError::RebootRequired { .. } => RpcStatus::failed_precondition(msg),
             NodeError::NotSupported { .. } => RpcStatus::unimplemented(msg),
+            NodeError::NotInstalled { .. } => RpcStatus::failed_precondition(msg),
             NodeError::Hardware(_) => RpcStatus::internal(msg),
         }
     }
@@ -337,19 +338,28 @@ impl Agent for AgentService {
 }
 
 /// Refuses every call the table does not allow, before any handler runs.
-#[derive(Clone, Default)]
-pub struct AuthzLayer;
+/// Also checks, call by call, that the caller's certificate still passes
+/// the TLS configuration loaded now (CRL, CA, expiry), so a revocation
+/// loaded by SIGHUP reaches connections opened before it.
+#[derive(Clone)]
+pub struct AuthzLayer {
+    pub tls: fleet_proto::tls::ServerTls,
+}
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authz { inner }
+        Authz {
+            inner,
+            tls: self.tls.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
+    tls: fleet_proto::tls::ServerTls,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Authz<S>
@@ -370,11 +380,23 @@ where
         let peer = req
             .extensions()
             .get::<fleet_proto::tls::PeerInfo>()
-            .map(|p| p.identity().clone());
+            .cloned();
         let path = req.uri().path().to_owned();
         let verdict = match &peer {
-            Some(id) => {
-                if authz::allowed(id.principal(), &path) {
+            Some(p) => {
+                let id = p.identity();
+                if let Err(e) = self.tls.check_peer(p) {
+                    Err(RpcStatus::unauthenticated(e.to_string()))
+                } else if authz::allowed(id.principal(), &path) {
+                    // Who changed what on this board, for the journal.
+                    if authz::access_of(&path).is_some_and(authz::Access::changes_state) {
+                        tracing::info!(
+                            caller = %id.uri(),
+                            remote = %p.remote_addr(),
+                            method = %path,
+                            "state-changing call"
+                        );
+                    }
                     Ok(())
                 } else {
                     Err(RpcStatus::permission_denied(format!(
@@ -390,7 +412,13 @@ where
         match verdict {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => {
-                tracing::info!(peer = ?peer.map(|p| p.uri()), %path, "refused");
+                tracing::info!(
+                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
+                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
+                    method = %path,
+                    reason = %status.message(),
+                    "refused"
+                );
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

@@ -377,7 +377,7 @@ pub struct FleetEventView {
     pub from: Option<&'static str>,
     pub to: Option<&'static str>,
     pub message: Option<String>,
-    /// "user/alice", "scheduler", "agent/jetson-03", "controller".
+    /// "user/<role>/<name>", "scheduler", "agent/<node>", "controller".
     pub actor: Option<String>,
 }
 

@@ -2031,7 +2031,7 @@ pub struct Experiment {
     pub disruptions: u64,
     #[prost(int64, tag = "9")]
     pub submitted_at_unix_us: i64,
-    /// The submitter's identity, e.g. "user/alice".
+    /// The submitter's identity, "user/<role>/<name>", e.g. "user/operator/alice".
     #[prost(string, tag = "10")]
     pub submitted_by: ::prost::alloc::string::String,
     /// Order among experiments of the same priority.
@@ -2255,7 +2255,8 @@ pub struct Event {
     /// For people.
     #[prost(string, tag = "9")]
     pub message: ::prost::alloc::string::String,
-    /// Who caused it: "user/alice", "scheduler", "agent/jetson-03", "controller".
+    /// Who caused it: "user/<role>/<name>" (e.g. "user/operator/alice"),
+    /// "scheduler", "agent/<node>" (e.g. "agent/jetson-03"), "controller".
     #[prost(string, tag = "10")]
     pub actor: ::prost::alloc::string::String,
 }

@@ -348,7 +348,12 @@ impl SpecFileError {
             _ => None,
         };
         Self {
-            problems: vec![FileProblem::new(text, field, e.message().to_owned(), span)],
+            problems: vec![FileProblem::new(
+                text,
+                field,
+                crate::toml_error::message(text, e),
+                span,
+            )],
         }
     }
 

@@ -65,6 +65,16 @@ fn places(text: &str) -> Vec<(usize, usize, Option<String>)> {
 }
 
 #[test]
+fn a_duplicate_key_is_named() {
+    let p = problems("id = \"a\"\ncommand = [\"true\"]\ncommand = [\"false\"]\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("3:") && p[0].contains("duplicate key `command`"),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn the_design_example_parses_to_the_wire_message() {
     let mut asked = None;
     let spec = spec_from_toml(EXAMPLE, |path| {
