@@ -9,7 +9,7 @@
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use fleet_testbed::testbed::Testbed;
-//! let Some(mut bed) = Testbed::new("demo").await else { return Ok(()) };
+//! let mut bed = Testbed::new("demo").await;
 //! let board = bed.add_board("jetson-01").await?;
 //! let agent = board
 //!     .command("/path/to/fleet-agent")
