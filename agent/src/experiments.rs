@@ -443,6 +443,7 @@ impl Experiments {
             crashes_before: 0,
             crashes_in_run: 0,
             disruptions: 0,
+            board_restarts: 0,
             last_outcome: None,
             superseded_invocation: None,
         });
@@ -754,6 +755,17 @@ impl Experiments {
                     dirty = true;
                 }
             }
+            // An autostart unit the board started again at boot: the run the
+            // shutdown interrupted ended with the old invocation, which only
+            // systemd's exit record saw. The work starts over: a disruption
+            // of the run, and the record says the board restarted it.
+            if let Some(o) = self.interrupted_by_boot(id, &rec, p).await {
+                tracing::info!(experiment = %id, invocation = %o.invocation_id, "the board started the run over after its shutdown");
+                rec.board_restarts += 1;
+                rec.disruptions += 1;
+                rec.last_outcome = Some(o);
+                dirty = true;
+            }
             // systemd restarts a unit that hit RuntimeMaxSec like any other
             // failure; max_runtime means the experiment is over, so cancel
             // the pending restart and leave it failed by timeout.
@@ -822,6 +834,50 @@ impl Experiments {
             shutdown = o.shutdown,
             "the run died of a signal the agent did not send"
         );
+    }
+
+    /// The end of an earlier invocation of this run that the board's shutdown
+    /// interrupted, seen now that the unit runs again under another
+    /// invocation (autostart at boot): what systemd's exit record says, when
+    /// it died of a signal the agent did not send before the current boot
+    /// and the agent has not taken it in yet.
+    async fn interrupted_by_boot(
+        &self,
+        id: &str,
+        rec: &Record,
+        p: &UnitProps,
+    ) -> Option<crate::store::Outcome> {
+        if rec.desired != Desired::Running
+            || !matches!(
+                p.active_state.as_str(),
+                "active" | "activating" | "reloading"
+            )
+        {
+            return None;
+        }
+        let path = self
+            .paths
+            .experiment_dir(id)
+            .join(crate::exit_record::FILE_NAME);
+        let r = crate::exit_record::ExitRecord::read(&path)?;
+        let seen = rec
+            .last_outcome
+            .as_ref()
+            .is_some_and(|o| o.invocation_id == r.invocation_id);
+        if r.invocation_id.is_empty()
+            || r.invocation_id == p.invocation_id
+            || seen
+            || rec.is_superseded(&r.invocation_id)
+        {
+            return None;
+        }
+        let mut o = r.outcome(false);
+        let boot = self.systemd.started_us().await?;
+        if !status::unrequested_signal(&o) || o.ended_us >= boot {
+            return None;
+        }
+        o.shutdown = true;
+        Some(o)
     }
 
     /// The unit's current or last invocation: systemd's, or, for a unit
@@ -894,6 +950,7 @@ impl Experiments {
                         crashes_before: 0,
                         crashes_in_run: 0,
                         disruptions: 0,
+                        board_restarts: 0,
                         last_outcome: None,
                         superseded_invocation: None,
                     })
@@ -1015,6 +1072,7 @@ mod tests {
             restarts: 0,
             crashes_total: 0,
             disruptions_total: 0,
+            board_restarts: 0,
             epoch: 1,
             autostart: false,
             invocation_id: String::new(),

@@ -80,6 +80,7 @@ pub struct Status {
     pub restarts: u32,
     pub crashes_total: u64,
     pub disruptions_total: u64,
+    pub board_restarts: u64,
     pub epoch: u64,
     pub autostart: bool,
     pub invocation_id: String,
@@ -207,6 +208,7 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
         restarts: 0,
         crashes_total: rec.crashes_total(),
         disruptions_total: rec.disruptions,
+        board_restarts: rec.board_restarts,
         epoch: rec.epoch,
         autostart: rec.autostart,
         invocation_id: String::new(),
@@ -332,6 +334,7 @@ mod tests {
             crashes_before: 1,
             crashes_in_run: 2,
             disruptions: 0,
+            board_restarts: 0,
             last_outcome: None,
             superseded_invocation: None,
         }

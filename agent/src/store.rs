@@ -78,6 +78,10 @@ pub struct Record {
     /// Crashes in the current run, as last derived from systemd.
     pub crashes_in_run: u64,
     pub disruptions: u64,
+    /// Times the board started the current run over after its shutdown
+    /// interrupted it (autostart).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub board_restarts: u64,
     pub last_outcome: Option<Outcome>,
     /// The invocation that was the unit's last when a new run was set up
     /// (a start of a new epoch, a restart). Until systemd starts another,
@@ -112,6 +116,7 @@ impl Record {
     pub fn new_run(&mut self, current: Option<&str>) {
         self.crashes_before += self.crashes_in_run;
         self.crashes_in_run = 0;
+        self.board_restarts = 0;
         self.last_outcome = None;
         self.superseded_invocation = current.filter(|i| !i.is_empty()).map(str::to_owned);
     }
@@ -121,6 +126,10 @@ impl Record {
     pub fn is_superseded(&self, invocation_id: &str) -> bool {
         self.superseded_invocation.as_deref() == Some(invocation_id)
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone)]
@@ -228,6 +237,7 @@ mod tests {
             crashes_before: 0,
             crashes_in_run: 0,
             disruptions: 0,
+            board_restarts: 0,
             last_outcome: None,
             superseded_invocation: None,
         }

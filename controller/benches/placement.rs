@@ -242,6 +242,7 @@ fn started(ack: Ack) -> Batched {
                 crashes: Some(0),
                 peak_temp_c: None,
                 throttled: false,
+                board_restarts: None,
             },
             "agent/bench".into(),
         )),

@@ -217,6 +217,10 @@ pub struct RunRecord {
     pub peak_temp_c: Option<f64>,
     /// The board was at or above warn at some point of the run.
     pub throttled: bool,
+    /// Times the board started this run over after a shutdown or reboot
+    /// interrupted it (autostart): the work was redone from the beginning.
+    #[serde(default)]
+    pub board_restarts: u64,
 }
 
 impl RunRecord {
@@ -239,6 +243,7 @@ impl RunRecord {
             l4t_release: start.l4t_release.clone(),
             peak_temp_c: None,
             throttled: false,
+            board_restarts: 0,
         }
     }
 
@@ -307,6 +312,9 @@ pub struct RunObservation {
     pub crashes: Option<u64>,
     pub peak_temp_c: Option<f64>,
     pub throttled: bool,
+    /// Times the board started the run over after its shutdown, as the
+    /// agent counts them.
+    pub board_restarts: Option<u64>,
 }
 
 /// Where the controller learned of a node.

@@ -398,6 +398,7 @@ impl Reconciler {
                     crashes: Some(u64::from(st.restarts)),
                     peak_temp_c: None,
                     throttled: false,
+                    board_restarts: Some(st.board_restarts),
                 },
                 format!("agent/{node}"),
             )),
@@ -669,6 +670,7 @@ impl Reconciler {
                                 crashes: Some(u64::from(st.restarts)),
                                 peak_temp_c: None,
                                 throttled: false,
+                                board_restarts: Some(st.board_restarts),
                             },
                             &format!("agent/{node}"),
                         )
@@ -699,6 +701,7 @@ impl Reconciler {
                                     crashes: Some(u64::from(st.restarts)),
                                     peak_temp_c: None,
                                     throttled: false,
+                                    board_restarts: Some(st.board_restarts),
                                 },
                                 &format!("agent/{node}"),
                             )
@@ -853,6 +856,7 @@ impl Reconciler {
                 crashes: None,
                 peak_temp_c: h.peak_c,
                 throttled: h.throttled,
+                board_restarts: None,
             };
             match self
                 .store

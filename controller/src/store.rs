@@ -439,6 +439,7 @@ impl Transition {
             crashes: None,
             peak_temp_c,
             throttled,
+            board_restarts: None,
         });
         self
     }
@@ -1801,14 +1802,32 @@ fn observe_in(
         run.crashes = c;
     }
     run.observe_heat(obs.peak_temp_c, obs.throttled);
+    let restarted = obs.board_restarts.filter(|n| *n > run.board_restarts);
+    if let Some(n) = restarted {
+        run.board_restarts = n;
+    }
     if *run == before {
         return Ok((rec, None));
     }
     let node = run.node.clone();
     let crashes = run.crashes;
     tx.put_experiment(&mut rec)?;
-    let event = match new_crashes {
-        Some(_) => Some(tx.append(
+    let event = match (new_crashes, restarted) {
+        (None, Some(n)) => Some(tx.append(
+            NewEvent {
+                kind: EventKind::Disrupted,
+                experiment: Some(id.clone()),
+                node: Some(node),
+                epoch: Some(epoch),
+                message: format!(
+                    "its board shut down and started it over from the beginning ({n} in this run)"
+                ),
+                actor: actor.to_owned(),
+            },
+            None,
+            None,
+        )?),
+        (Some(_), _) => Some(tx.append(
             NewEvent {
                 kind: EventKind::Crashed,
                 experiment: Some(id.clone()),
@@ -1820,7 +1839,7 @@ fn observe_in(
             None,
             None,
         )?),
-        None => None,
+        (None, None) => None,
     };
     Ok((rec, Some(event)))
 }

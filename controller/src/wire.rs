@@ -156,6 +156,7 @@ pub fn run(r: &RunRecord) -> v1::RunRecord {
         l4t_release,
         peak_temp_c,
         throttled,
+        board_restarts,
     } = r;
     v1::RunRecord {
         node: node.to_string(),
@@ -177,6 +178,7 @@ pub fn run(r: &RunRecord) -> v1::RunRecord {
         l4t_release: l4t_release.clone(),
         peak_temp_c: *peak_temp_c,
         throttled: *throttled,
+        board_restarts: *board_restarts,
     }
 }
 

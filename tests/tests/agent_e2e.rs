@@ -495,6 +495,14 @@ async fn autostart_survives_a_reboot_and_only_then() {
     })
     .await;
     assert_ne!(after.invocation_id, before.invocation_id, "a new boot");
+    // The shutdown interrupted its run and the board started it over: the
+    // record says so, once.
+    let again = wait_state(&c, "keeper", "the start-over to be counted", |s| {
+        s.board_restarts == 1
+    })
+    .await;
+    assert_eq!(again.disruptions_total, 1, "{again:?}");
+    assert_eq!(again.state(), ExperimentState::Running);
     let mut c2 = c.clone();
     // The board's shutdown stopped it with SIGTERM, which systemd counts as
     // a clean exit: a disruption, counted once, never a success.
@@ -520,13 +528,8 @@ async fn autostart_survives_a_reboot_and_only_then() {
     f.agent.restart(&f.board).await.unwrap();
     let mut c = f.agent.client(&f.pki, Role::Admin).await.unwrap();
     let off = get(&mut c, "keeper").await;
-    assert!(
-        !matches!(
-            off.state(),
-            ExperimentState::Running | ExperimentState::Starting
-        ),
-        "{off:?}"
-    );
+    assert_eq!(off.state(), ExperimentState::Disrupted, "{off:?}");
+    assert_eq!(off.disruptions_total, 2, "{off:?}");
     f.finish().await;
 }
 

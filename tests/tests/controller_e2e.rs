@@ -495,6 +495,62 @@ async fn an_agent_restart_is_not_an_outage() {
     f.finish().await;
 }
 
+/// A board that reboots under its experiments: one that the board starts
+/// again by itself (autostart) keeps its run, which records that the board
+/// started it over; one that it does not is a disruption by the shutdown,
+/// requeued, never a success.
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_reboot_is_a_disruption_and_autostart_work_starts_over() {
+    let mut f = fleet("reboot", 34, ControllerOptions::default()).await;
+    f.wait_connected().await;
+    let node = f.boards[0].name().to_owned();
+    for (id, autostart) in [("auto", true), ("plain", false)] {
+        let mut spec = sh(id, "while true; do sleep 0.2; done");
+        spec.placement = Some(v1::Placement {
+            node: node.clone(),
+            ..Default::default()
+        });
+        spec.lifecycle.as_mut().unwrap().autostart = autostart;
+        f.submit(spec).await.unwrap();
+    }
+    let auto = f.wait("auto", "auto to run", running).await;
+    f.wait("plain", "plain to run", running).await;
+    f.agents[0].keep_address().unwrap();
+    // As a board reboots: systemd stops the agent and every experiment,
+    // then boots and starts what is enabled, the agent among them.
+    f.agents[0].stop().await.unwrap();
+    f.boards[0].reboot().await.unwrap();
+    f.agents[0].start_again(&f.boards[0]).await.unwrap();
+
+    let plain = f
+        .wait("plain", "plain to run again after the reboot", |e| {
+            running(e) && e.runs.len() >= 2
+        })
+        .await;
+    assert_eq!(
+        plain.runs[0].outcome(),
+        v1::RunOutcome::Disrupted,
+        "{plain:?}"
+    );
+    assert_eq!(plain.runs[0].disruption(), v1::Disruption::Shutdown);
+    let after = f
+        .wait("auto", "the board's start-over to be recorded", |e| {
+            e.runs.first().is_some_and(|r| r.board_restarts == 1)
+        })
+        .await;
+    assert!(running(&after), "{after:?}");
+    assert_eq!(
+        (after.epoch, after.runs.len()),
+        (auto.epoch, 1),
+        "{after:?}"
+    );
+    f.finish().await;
+}
+
 /// A run killed by a SIGTERM that fleet did not send (a `kill`, a
 /// `systemctl stop` on the board) failed: the controller does not record it
 /// as a success and drop the work.

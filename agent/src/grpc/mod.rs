@@ -115,6 +115,7 @@ pub fn status_to_wire(s: &Status) -> v1::ExperimentStatus {
         restarts: s.restarts,
         crashes_total: s.crashes_total,
         disruptions_total: s.disruptions_total,
+        board_restarts: s.board_restarts,
         epoch: s.epoch,
         autostart: s.autostart,
         invocation_id: s.invocation_id.clone(),

@@ -210,6 +210,17 @@ pub fn runs_table(runs: &[RunView], now: i64) -> Table {
                 .collect::<Vec<_>>()
                 .join(", ");
         }
+        if r.board_restarts > 0 {
+            let again = format!(
+                "started over {}× after its board shut down",
+                r.board_restarts
+            );
+            message = if message.is_empty() {
+                again
+            } else {
+                format!("{message}; {again}")
+            };
+        }
         table.row(vec![
             Cell::new((i + 1).to_string()),
             Cell::new(r.node.clone()),
@@ -766,7 +777,7 @@ RUN  NODE       EPOCH  STARTED              LASTED  OUTCOME    POWER     CLOCKS 
              \"failure\":null,\"exit_code\":null,\"exit_signal\":null,\"disruption\":null,\
              \"crashes\":1,\"power_mode\":{\"id\":2,\"name\":\"MODE_30W\"},\
              \"jetson_clocks\":false,\"l4t_release\":\"R36.4.3\",\"peak_temp_c\":61.5,\
-             \"throttled\":false}"
+             \"throttled\":false,\"board_restarts\":0}"
         );
         // The board's report has the shape `--agent status` prints.
         assert_eq!(v["status"]["state"], "running");

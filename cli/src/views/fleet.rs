@@ -235,6 +235,9 @@ pub struct RunView {
     pub peak_temp_c: Option<f64>,
     /// The board reached its warn temperature during the run.
     pub throttled: bool,
+    /// Times the board started the run over after a shutdown or reboot
+    /// interrupted it (autostart): the work was redone.
+    pub board_restarts: u64,
 }
 
 impl From<&v1::RunRecord> for RunView {
@@ -258,6 +261,7 @@ impl From<&v1::RunRecord> for RunView {
             l4t_release: non_empty(&r.l4t_release),
             peak_temp_c: r.peak_temp_c,
             throttled: r.throttled,
+            board_restarts: r.board_restarts,
         }
     }
 }
@@ -614,7 +618,7 @@ mod tests {
         assert_eq!(run["failure"], serde_json::Value::Null);
         assert_eq!(json["status"]["state"], "running");
         assert_eq!(json.as_object().unwrap().len(), 18);
-        assert_eq!(run.as_object().unwrap().len(), 18);
+        assert_eq!(run.as_object().unwrap().len(), 19);
     }
 
     #[test]

@@ -799,6 +799,7 @@ async fn observations_merge_into_the_open_run() {
                 crashes,
                 peak_temp_c: peak,
                 throttled,
+                board_restarts: None,
             },
             "agent/n1",
         )
@@ -854,6 +855,7 @@ async fn a_run_takes_its_heat_at_start_and_its_final_peak_with_its_end() {
                 crashes: None,
                 peak_temp_c: Some(80.0),
                 throttled: true,
+                board_restarts: None,
             },
             "agent/n1",
         )
@@ -1043,6 +1045,7 @@ fn start_ack(i: &str, epoch: u64, crashes: u64) -> Batched {
                 crashes: Some(crashes),
                 peak_temp_c: None,
                 throttled: false,
+                board_restarts: None,
             },
             "agent/n1".to_owned(),
         )),
@@ -1144,6 +1147,7 @@ async fn an_observation_that_changes_nothing_writes_and_flushes_nothing() {
         crashes: Some(0),
         peak_temp_c: None,
         throttled: false,
+        board_restarts: None,
     };
     let same = store
         .observe_run(&rec.id, rec.epoch, obs, "agent/n1")
@@ -1152,6 +1156,40 @@ async fn an_observation_that_changes_nothing_writes_and_flushes_nothing() {
     assert_eq!(same, rec);
     assert_eq!(dump(&store), dumped);
     assert_eq!(store.commit_stats(), before);
+}
+
+/// The board started the run over after its shutdown (autostart): the run
+/// record counts it, with an event saying so, once per start-over.
+#[tokio::test]
+async fn a_start_over_by_the_board_is_counted_once_with_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let rec = running(&store, "a", "n1").await;
+    let obs = |n| RunObservation {
+        crashes: Some(0),
+        peak_temp_c: None,
+        throttled: false,
+        board_restarts: Some(n),
+    };
+    let seq = store.last_event_seq();
+    let after = store
+        .observe_run(&rec.id, rec.epoch, obs(1), "agent/n1")
+        .await
+        .unwrap();
+    assert_eq!(after.runs.last().unwrap().board_restarts, 1);
+    let events = store.events_from(seq + 1, 10).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::Disrupted);
+    assert!(events[0].message.contains("started it over"), "{events:?}");
+    // The same count again writes nothing; a smaller one never lowers it.
+    let dumped = dump(&store);
+    for n in [1, 0] {
+        store
+            .observe_run(&rec.id, rec.epoch, obs(n), "agent/n1")
+            .await
+            .unwrap();
+    }
+    assert_eq!(dump(&store), dumped);
 }
 
 #[tokio::test]

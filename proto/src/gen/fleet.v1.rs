@@ -131,6 +131,10 @@ pub struct ExperimentStatus {
     pub invocation_id: ::prost::alloc::string::String,
     #[prost(double, optional, tag = "23")]
     pub cpu_percent: ::core::option::Option<f64>,
+    /// Times the board started this run over from the beginning, after its
+    /// shutdown or reboot interrupted it (autostart): the work was redone.
+    #[prost(uint64, tag = "24")]
+    pub board_restarts: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2001,6 +2005,10 @@ pub struct RunRecord {
     /// The board was at or above its warn temperature at some point of the run.
     #[prost(bool, tag = "16")]
     pub throttled: bool,
+    /// Times the board started this run over from the beginning after a
+    /// shutdown or reboot interrupted it (autostart experiments).
+    #[prost(uint64, tag = "17")]
+    pub board_restarts: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
