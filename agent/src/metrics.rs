@@ -8,8 +8,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::guard::ThermalState;
 use crate::node::{Node, Snapshot};
 use crate::status::State;
@@ -157,35 +155,14 @@ pub fn render(node: &str, s: Option<&Snapshot>) -> String {
     out
 }
 
-/// Serves `GET /metrics` (any path) until the task is dropped.
+/// Serves `GET /metrics` (other paths answer 404) until the task is dropped.
 pub async fn serve(listen: SocketAddr, node: Arc<Node>, name: String) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(bound = %listener.local_addr()?, "serving Prometheus metrics");
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let node = node.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            // Read the request head; its content does not matter.
-            let mut buf = [0u8; 2048];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 * 1024 {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let snapshot = node.latest().borrow().clone();
-            let body = render(&name, snapshot.as_deref());
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
+    fleet_proto::daemon::serve_metrics(listener, move || {
+        let snapshot = node.latest().borrow().clone();
+        Ok(render(&name, snapshot.as_deref()))
+    })
+    .await
 }
 
 #[cfg(test)]

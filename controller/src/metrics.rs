@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fleet_proto::v1;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::links::Links;
 use crate::model::UnixMicros;
@@ -168,7 +167,8 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Serves `GET /metrics` (any path) until the task is dropped.
+/// Serves `GET /metrics` (other paths answer 404) until the task is
+/// dropped.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
@@ -177,44 +177,12 @@ pub async fn serve(
     settings: Arc<Settings>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(bound = %listener.local_addr()?, "serving Prometheus metrics");
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let (metrics, store, links, settings) = (
-            metrics.clone(),
-            store.clone(),
-            links.clone(),
-            settings.clone(),
-        );
-        tokio::spawn(async move {
-            // Read the request head; its content does not matter.
-            let mut buf = [0u8; 2048];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 16 * 1024 {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let (status, body) = match Snapshot::read(&metrics, &store, &links, &settings) {
-                Ok(s) => ("200 OK", render(&s)),
-                Err(e) => {
-                    tracing::warn!(error = %crate::grpc::error_chain(&e), "metrics scrape failed");
-                    (
-                        "500 Internal Server Error",
-                        "cannot read the store\n".to_owned(),
-                    )
-                }
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
+    fleet_proto::daemon::serve_metrics(listener, move || {
+        Snapshot::read(&metrics, &store, &links, &settings)
+            .map(|s| render(&s))
+            .map_err(|e| format!("cannot read the store: {}", crate::grpc::error_chain(&e)))
+    })
+    .await
 }
 
 #[cfg(test)]

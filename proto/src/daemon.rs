@@ -249,3 +249,124 @@ mod drain_tests {
         assert_eq!(started.elapsed(), Duration::from_secs(62));
     }
 }
+
+/// What a scrape of the metrics endpoint answers: the Prometheus text, or
+/// why it cannot be made (answered 500).
+pub type MetricsText = Result<String, String>;
+
+/// Serves Prometheus metrics over HTTP/1.1 on `listener`: `GET /metrics`
+/// answers what `render` makes, any other path 404, any other method 405.
+/// Runs until the task is dropped.
+pub async fn serve_metrics<F>(listener: tokio::net::TcpListener, render: F) -> std::io::Result<()>
+where
+    F: Fn() -> MetricsText + Send + Sync + 'static,
+{
+    use http::{header, Method, Response, StatusCode};
+    use http_body_util::Full;
+
+    tracing::info!(bound = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+    let render = std::sync::Arc::new(render);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let render = render.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let render = render.clone();
+                    async move {
+                        let reply = |status: StatusCode, text: String| {
+                            Response::builder()
+                                .status(status)
+                                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                                .body(Full::new(bytes::Bytes::from(text)))
+                        };
+                        if req.uri().path() != "/metrics" {
+                            return reply(
+                                StatusCode::NOT_FOUND,
+                                "not found: the metrics are at /metrics\n".to_owned(),
+                            );
+                        }
+                        if req.method() != Method::GET && req.method() != Method::HEAD {
+                            return reply(
+                                StatusCode::METHOD_NOT_ALLOWED,
+                                "only GET /metrics\n".to_owned(),
+                            );
+                        }
+                        match render() {
+                            Ok(text) => reply(StatusCode::OK, text),
+                            Err(why) => {
+                                tracing::warn!(error = %why, "metrics scrape failed");
+                                reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n"))
+                            }
+                        }
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn metrics_answer_at_their_path_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_metrics(listener, || Ok("up 1\n".to_owned())));
+        let ok = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("text/plain; version=0.0.4"), "{ok}");
+        assert!(ok.ends_with("up 1\n"), "{ok}");
+        let missing = get(
+            addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let post = get(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_failed_render_is_a_500_that_says_why() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_metrics(listener, || {
+            Err("cannot read the store".to_owned())
+        }));
+        let text = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+        assert!(text.ends_with("cannot read the store\n"), "{text}");
+        server.abort();
+    }
+}

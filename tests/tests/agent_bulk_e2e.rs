@@ -227,7 +227,7 @@ async fn prometheus_metrics_show_zones_power_and_experiments() {
             let Ok(mut conn) = tokio::net::TcpStream::connect(metrics_addr).await else {
                 return Ok(Check::not_yet("no listener yet"));
             };
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 .await?;
             let mut body = String::new();
             conn.read_to_string(&mut body).await?;
