@@ -6,7 +6,7 @@
 //! agent config key is documented with its default; the shell scripts pass
 //! shellcheck.
 //!
-//! Staged installs need no root and no running systemd, only `systemctl`
+//! Staged installs need no running systemd, only `systemctl`
 //! (for `--root` enabling) and `systemd-sysusers`. Where those are missing,
 //! cargo reports the tests as ignored (tests/build.rs), unless
 //! FLEET_REQUIRE_SYSTEMD=1 (CI) makes them run and fail.
@@ -271,9 +271,11 @@ const AGENT_DATA: &[&str] = &[
     "etc/fleet/crl.pem",
 ];
 
+// Reading back what systemd-sysusers wrote (etc/shadow is mode 0000)
+// takes root.
 #[cfg_attr(
-    fleet_no_systemd_tools,
-    ignore = "needs systemd's programs; see the build warning"
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
 )]
 #[test]
 fn agent_install_lays_down_the_documented_tree_once_and_uninstall_keeps_only_data() {
@@ -512,9 +514,11 @@ fn the_device_list_follows_the_l4t_release() {
     }
 }
 
+// Reading back what systemd-sysusers wrote (etc/shadow is mode 0000)
+// takes root.
 #[cfg_attr(
-    fleet_no_systemd_tools,
-    ignore = "needs systemd's programs; see the build warning"
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
 )]
 #[test]
 fn controller_install_is_idempotent_and_uninstall_keeps_its_data() {
