@@ -232,6 +232,9 @@ fn push_escaped(out: &mut String, c: char) {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 

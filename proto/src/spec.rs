@@ -726,4 +726,6 @@ fn check_lifecycle(c: &mut Checker, l: Option<&v1::Lifecycle>) -> Lifecycle {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@
 //! to a board.
 
 pub mod agent;
+pub mod authz_table;
 pub mod controller;
 pub mod hwsim;
 pub mod pki;

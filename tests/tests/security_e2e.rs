@@ -594,3 +594,229 @@ async fn fleetctl_says_which_certificate_was_refused_and_exits_4() {
     drop(controller);
     f.finish().await;
 }
+
+/// A gRPC codec for calls by method name: the request is the bytes given
+/// (empty: every field at its default), the answer is not read.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct RawCodec;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = RawCodec;
+        type Decoder = RawCodec;
+        fn encoder(&mut self) -> RawCodec {
+            RawCodec
+        }
+        fn decoder(&mut self) -> RawCodec {
+            RawCodec
+        }
+    }
+
+    impl Encoder for RawCodec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawCodec {
+        type Item = ();
+        type Error = Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+            buf.advance(buf.remaining());
+            Ok(Some(()))
+        }
+    }
+}
+
+/// Calls `/fleet.v1.<service>/<rpc>` with an empty request and returns how
+/// the server answered: `Ok` once a unary answer or a stream's headers say
+/// OK. Every id and name is empty, so the handlers refuse them and nothing
+/// changes: the bulk calls find no experiment on the board, and SetPolicy
+/// sets the policy it has.
+async fn call_by_name(channel: Channel, service: &str, rpc: &str) -> Result<(), tonic::Status> {
+    let path = format!("/fleet.v1.{service}/{rpc}");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).expect("a path");
+    // A unary answer is one message on the same HTTP/2 exchange as a
+    // stream's, so one kind of call serves both.
+    let call = grpc.server_streaming(tonic::Request::new(Vec::new()), path, raw::RawCodec);
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(answer) => answer.map(drop),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 10 s")),
+    }
+}
+
+/// Every RPC of both services, as every kind of caller, against a real
+/// agent and a real controller, compared cell by cell with the tables of
+/// docs/security.md (an RPC without a row fails the test).
+#[cfg_attr(
+    fleet_no_testbed,
+    ignore = "needs root and systemd; see the build warning"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authz_table_e2e() {
+    use fleet_testbed::authz_table::{self, Caller, Verdict};
+    use fleet_testbed::pki::CertFiles;
+    use fleet_testbed::tlsprobe::Probe;
+
+    let began = tokio::time::Instant::now();
+    let tables = [
+        ("Agent", authz_table::load("Agent").unwrap()),
+        ("Controller", authz_table::load("Controller").unwrap()),
+    ];
+    let f = rig("sec-table", 77).await;
+    let controller = ControllerHandle::start(
+        &f.bed.dir().join("controller"),
+        &f.pki,
+        IpAddr::V4(Ipv4Addr::new(127, 0, 1, 77)),
+        &[&f.agent],
+        &ControllerOptions::default(),
+    )
+    .await
+    .unwrap();
+
+    // One certificate per caller that gets past the handshake; a revoked
+    // admin and a stranger's admin that must not.
+    let mut callers: Vec<(Caller, CertFiles)> = vec![
+        (Caller::Viewer, f.pki.user("vera", Role::Viewer).unwrap()),
+        (
+            Caller::Operator,
+            f.pki.user("otto", Role::Operator).unwrap(),
+        ),
+        (Caller::Admin, f.pki.user("ada", Role::Admin).unwrap()),
+        (Caller::OtherAgent, f.pki.agent("elsewhere").unwrap()),
+        (Caller::Controller, f.pki.controller().unwrap()),
+    ];
+    let revoked = f.pki.user("rita", Role::Admin).unwrap();
+    let foreign = TestPki::new(&f.bed.dir().join("foreign")).unwrap();
+    let stranger = foreign.user("mallory", Role::Admin).unwrap();
+    let crl = f.pki.revoke(&[&revoked]).unwrap();
+    f.agent.set_tls_key("crl", &crl).unwrap();
+    controller.set_tls_key("crl", &crl).unwrap();
+    f.agent.sighup().unwrap();
+    controller.sighup().unwrap();
+
+    let servers = [
+        ("Agent", f.agent.addr, Expect::Agent(f.agent.node.clone())),
+        ("Controller", controller.addr, Expect::Controller),
+    ];
+    let mut wrong = Vec::new();
+    let mut cells = 0;
+    for ((service, table), (_, addr, expect)) in tables.iter().zip(&servers) {
+        // The callers refused at the handshake: every RPC of the service
+        // at once. The revoked one is refused once the SIGHUP is read.
+        let probe = Probe::new(*addr, &f.pki.ca_path);
+        let revoked_refused = wait_for("the CRL to be loaded", DEADLINE, || {
+            let probe = Probe::new(*addr, &f.pki.ca_path);
+            let revoked = revoked.clone();
+            async move {
+                Ok(match probe.with(&revoked.cert, &revoked.key).await {
+                    Err(e) => Check::Ready(e),
+                    Ok(()) => Check::not_yet("the revoked certificate still shakes hands"),
+                })
+            }
+        })
+        .await
+        .is_ok();
+        // The probe shakes hands with a fleet certificate, so its
+        // refusals below are the server's verdicts on the others.
+        let (_, fellow) = &callers[0];
+        probe
+            .with(&fellow.cert, &fellow.key)
+            .await
+            .unwrap_or_else(|e| panic!("{service} refused a viewer's handshake: {e}"));
+        let handshakes = [
+            (
+                Caller::NoCertificate,
+                probe.without_certificate().await.is_err(),
+            ),
+            (
+                Caller::OtherCa,
+                probe.with(&stranger.cert, &stranger.key).await.is_err(),
+            ),
+            (Caller::RevokedUser, revoked_refused),
+        ];
+        for (caller, refused) in handshakes {
+            for (rpc, row) in table {
+                cells += 1;
+                let want = row[&caller];
+                let got = if refused {
+                    Verdict::Handshake
+                } else {
+                    Verdict::Allowed
+                };
+                if got != want {
+                    wrong.push(format!(
+                        "{service}/{rpc} as {}: the table says {want:?}, the handshake {}",
+                        caller.heading(),
+                        if refused { "failed" } else { "succeeded" }
+                    ));
+                }
+            }
+        }
+
+        // The others: one connection each, every RPC on it.
+        for (caller, certs) in &mut callers {
+            let channel = certs
+                .client()
+                .unwrap()
+                .connect(*addr, expect.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{service} as {}: {e:#}", caller.heading()));
+            for (rpc, row) in table {
+                cells += 1;
+                let want = row[&*caller];
+                let answer = call_by_name(channel.clone(), service, rpc).await;
+                // A handler's answer, whatever it is, means the call was
+                // authorized; a lost connection or no answer decides nothing.
+                let got = match &answer {
+                    Ok(()) => Some(Verdict::Allowed),
+                    Err(s) => match s.code() {
+                        Code::PermissionDenied => Some(Verdict::Denied),
+                        Code::Unauthenticated
+                        | Code::Unavailable
+                        | Code::Unknown
+                        | Code::DeadlineExceeded
+                        | Code::Cancelled => None,
+                        _ => Some(Verdict::Allowed),
+                    },
+                };
+                if got != Some(want) {
+                    wrong.push(format!(
+                        "{service}/{rpc} as {}: the table says {want:?}, the server answered {}",
+                        caller.heading(),
+                        match &answer {
+                            Ok(()) => "OK".to_owned(),
+                            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "checked {cells} cells of docs/security.md's tables in {:?}",
+        began.elapsed()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} cells disagree:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(cells, 8 * (tables[0].1.len() + tables[1].1.len()));
+    drop(controller);
+    f.finish().await;
+}
