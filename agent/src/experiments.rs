@@ -227,12 +227,7 @@ where
     Ok(out)
 }
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use fleet_proto::unix::now_us;
 
 fn write_atomic(path: &Path, content: &[u8]) -> Result<bool> {
     if std::fs::read(path).ok().as_deref() == Some(content) {

@@ -129,24 +129,7 @@ pub fn unrequested_signal(o: &Outcome) -> bool {
 }
 
 fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_owned()
+    fleet_proto::unix::signal_text(sig)
 }
 
 /// Classifies how a run ended. `oom` is the kernel's word (cgroup v1, where

@@ -101,12 +101,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// called in a tight loop.
 const HEALTHY: Duration = Duration::from_secs(1);
 
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use fleet_proto::unix::now_us;
 
 impl Links {
     pub fn new(tls: ClientTls, interval: Duration, reports: mpsc::Sender<Report>) -> Arc<Self> {

@@ -56,3 +56,4 @@ pub mod pki;
 pub mod spec;
 pub mod tls;
 pub mod toml_error;
+pub mod unix;

@@ -1,7 +1,7 @@
 //! The node's domain types on the wire, and the `WatchNode` stream.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fleet_proto::v1;
 use tokio::sync::broadcast::error::RecvError;
@@ -13,11 +13,7 @@ use crate::guard::ThermalState;
 use crate::hw::{CurrentMode, SetModeOutcome};
 use crate::node::{Node, NodeEvent, NodeInfo, Snapshot};
 
-fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+use fleet_proto::unix::unix_us;
 
 pub fn thermal(t: ThermalState) -> v1::ThermalState {
     match t {

@@ -106,24 +106,12 @@ pub fn experiment_note(e: &v1::ExperimentStatus) -> String {
     }
 }
 
-/// `SIGKILL` for 9; the number for a signal without a common name.
+/// `SIGKILL (9)` for 9; `signal 42` for a signal without a common name.
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        _ => return format!("signal {sig}"),
-    };
-    format!("{name} ({sig})")
+    match fleet_proto::unix::signal_name(sig) {
+        Some(name) => format!("{name} ({sig})"),
+        None => format!("signal {sig}"),
+    }
 }
 
 /// `status` for people: every field, sizes in binary units, times local.
