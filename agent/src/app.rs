@@ -21,7 +21,7 @@ use tonic::transport::Server;
 
 use crate::config::{AgentConfig, JoinSettings};
 use crate::experiments::{Experiments, Paths};
-use crate::grpc::{AgentService, AuthzLayer};
+use crate::grpc::{authz_layer, AgentService};
 use crate::node::{Gate, Node};
 use crate::store::Store;
 use crate::systemd::Systemd;
@@ -214,9 +214,7 @@ impl App {
         };
         let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
         let server = Server::builder()
-            .layer(AuthzLayer {
-                tls: server_tls.clone(),
-            })
+            .layer(authz_layer(server_tls.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(v1::agent_server::AgentServer::new(service))

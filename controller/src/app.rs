@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::transport::Server;
 
 use crate::config::ControllerConfig;
-use crate::grpc::{AuthzLayer, ControllerService};
+use crate::grpc::{authz_layer, ControllerService};
 use crate::links::Links;
 use crate::metrics::Metrics;
 use crate::model::NodeSource;
@@ -167,9 +167,7 @@ pub async fn run(
         });
     let (shutdown, drain) = fleet_proto::daemon::drained(shutdown, fleet_proto::daemon::DRAIN);
     let server = Server::builder()
-        .layer(AuthzLayer {
-            tls: server_tls.clone(),
-        })
+        .layer(authz_layer(server_tls.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(v1::controller_server::ControllerServer::new(service))

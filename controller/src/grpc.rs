@@ -3,11 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use fleet_proto::identity::Principal;
 use fleet_proto::spec::{ExperimentId, ExperimentSpec, NodeName};
-use fleet_proto::tls::PeerInfo;
 use fleet_proto::v1;
 use fleet_proto::v1::controller_server::Controller;
 use futures_util::{Stream, StreamExt};
@@ -887,83 +885,8 @@ impl Controller for ControllerService {
     }
 }
 
-/// Refuses every call the role table does not allow, before any handler.
-/// Also checks, call by call, that the caller's certificate still passes
-/// the TLS configuration loaded now (CRL, CA, expiry), so a revocation
-/// loaded by SIGHUP reaches connections opened before it.
-#[derive(Clone)]
-pub struct AuthzLayer {
-    pub tls: fleet_proto::tls::ServerTls,
-}
-
-impl<S> tower::Layer<S> for AuthzLayer {
-    type Service = Authz<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authz {
-            inner,
-            tls: self.tls.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Authz<S> {
-    inner: S,
-    tls: fleet_proto::tls::ServerTls,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Authz<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let peer = req.extensions().get::<PeerInfo>().cloned();
-        let path = req.uri().path().to_owned();
-        let current = peer.as_ref().map(|p| self.tls.check_peer(p));
-        let verdict = match (&peer, current) {
-            (_, Some(Err(e))) => Err(Status::unauthenticated(e.to_string())),
-            (Some(p), _) if crate::authz::allowed(p.identity().principal(), &path) => {
-                // Who changed what in the fleet, for the journal.
-                if crate::authz::access_of(&path).is_some_and(|a| a != crate::authz::Access::Read) {
-                    tracing::info!(
-                        caller = %p.identity().uri(),
-                        remote = %p.remote_addr(),
-                        method = %path,
-                        "state-changing call"
-                    );
-                }
-                Ok(())
-            }
-            (Some(p), _) => Err(Status::permission_denied(format!(
-                "{} may not call {path}; ask an admin for a certificate with the right role",
-                p.identity().uri()
-            ))),
-            (None, _) => Err(Status::unauthenticated(
-                "no client certificate identity on this connection",
-            )),
-        };
-        match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => {
-                tracing::info!(
-                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
-                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
-                    method = %path,
-                    reason = %status.message(),
-                    "refused"
-                );
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
-    }
+/// Refuses every call the controller's role table does not allow, before any handler
+/// runs (see [`fleet_proto::authz`]).
+pub fn authz_layer(tls: fleet_proto::tls::ServerTls) -> fleet_proto::authz::AuthzLayer {
+    fleet_proto::authz::AuthzLayer::new(tls, crate::authz::verdict, "")
 }

@@ -49,6 +49,7 @@ pub mod v1 {
     }
 }
 
+pub mod authz;
 pub mod daemon;
 pub mod identity;
 #[cfg(feature = "pki")]

@@ -62,6 +62,18 @@ pub fn access_of(path: &str) -> Option<Access> {
         .map(|(_, a)| *a)
 }
 
+/// The table as the shared authorization layer asks it
+/// ([`fleet_proto::authz`]).
+pub fn verdict(principal: &Principal, path: &str) -> fleet_proto::authz::Verdict {
+    if allowed(principal, path) {
+        fleet_proto::authz::Verdict::Allowed {
+            changes_state: access_of(path).is_some_and(Access::changes_state),
+        }
+    } else {
+        fleet_proto::authz::Verdict::Denied
+    }
+}
+
 /// Decides one call. `path` is the HTTP/2 path, `/package.Service/Method`.
 pub fn allowed(principal: &Principal, path: &str) -> bool {
     if OPEN_SERVICES.iter().any(|s| path.starts_with(s)) {

@@ -9,7 +9,6 @@ pub mod node_wire;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use fleet_proto::v1;
 use fleet_proto::v1::agent_server::Agent;
@@ -338,90 +337,8 @@ impl Agent for AgentService {
     }
 }
 
-/// Refuses every call the table does not allow, before any handler runs.
-/// Also checks, call by call, that the caller's certificate still passes
-/// the TLS configuration loaded now (CRL, CA, expiry), so a revocation
-/// loaded by SIGHUP reaches connections opened before it.
-#[derive(Clone)]
-pub struct AuthzLayer {
-    pub tls: fleet_proto::tls::ServerTls,
-}
-
-impl<S> tower::Layer<S> for AuthzLayer {
-    type Service = Authz<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authz {
-            inner,
-            tls: self.tls.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Authz<S> {
-    inner: S,
-    tls: fleet_proto::tls::ServerTls,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Authz<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<fleet_proto::tls::PeerInfo>()
-            .cloned();
-        let path = req.uri().path().to_owned();
-        let verdict = match &peer {
-            Some(p) => {
-                let id = p.identity();
-                if let Err(e) = self.tls.check_peer(p) {
-                    Err(RpcStatus::unauthenticated(e.to_string()))
-                } else if authz::allowed(id.principal(), &path) {
-                    // Who changed what on this board, for the journal.
-                    if authz::access_of(&path).is_some_and(authz::Access::changes_state) {
-                        tracing::info!(
-                            caller = %id.uri(),
-                            remote = %p.remote_addr(),
-                            method = %path,
-                            "state-changing call"
-                        );
-                    }
-                    Ok(())
-                } else {
-                    Err(RpcStatus::permission_denied(format!(
-                        "{} may not call {path} on this agent; ask an admin for a certificate with the right role",
-                        id.uri()
-                    )))
-                }
-            }
-            None => Err(RpcStatus::unauthenticated(
-                "no client certificate identity on this connection",
-            )),
-        };
-        match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
-            Err(status) => {
-                tracing::info!(
-                    caller = ?peer.as_ref().map(|p| p.identity().uri()),
-                    remote = ?peer.as_ref().map(|p| p.remote_addr()),
-                    method = %path,
-                    reason = %status.message(),
-                    "refused"
-                );
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
-    }
+/// Refuses every call the agent's table does not allow, before any handler
+/// runs (see [`fleet_proto::authz`]).
+pub fn authz_layer(tls: fleet_proto::tls::ServerTls) -> fleet_proto::authz::AuthzLayer {
+    fleet_proto::authz::AuthzLayer::new(tls, authz::verdict, "on this agent")
 }
