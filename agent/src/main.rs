@@ -41,16 +41,6 @@ enum Command {
     RecordExit { path: PathBuf },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::RecordExit { path }) = &cli.command {
@@ -66,7 +56,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing();
+    fleet_proto::daemon::init_tracing();
     match cli.command {
         Some(Command::GenConfig) => {
             print!(
@@ -112,7 +102,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = rt.block_on(async move {
         let app = App::build(config).await?.with_join(join);
-        app.run(shutdown_signal()).await
+        app.run(fleet_proto::daemon::shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,15 +114,5 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
     }
 }

@@ -5,6 +5,31 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+/// The daemons' log: to stderr (journald adds the time and the unit),
+/// without colours, filtered by `FLEET_LOG` (default `info`).
+#[cfg(feature = "daemon")]
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Resolves at the first SIGTERM (systemd's stop) or SIGINT (Ctrl-C), and
+/// says which.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
 /// The error and its causes on one line, each cause once.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
