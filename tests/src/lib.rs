@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod controller;
+pub mod faults;
 pub mod hwsim;
 pub mod pki;
 pub mod poll;
