@@ -215,6 +215,10 @@ pub struct Report {
     pub runs: usize,
     /// Runs by how they ended (`disrupted/shutdown`, `start_failed`, …).
     pub run_outcomes: BTreeMap<String, usize>,
+    /// Runs whose start failed. A board that goes away may refuse one
+    /// start; a placement retried at once on a board whose connection
+    /// just failed made hundreds.
+    pub start_failures: usize,
     /// Acknowledged and missing (or stored with another spec).
     pub lost: Vec<String>,
     /// Active on two boards after the grace window of a partition, or at
@@ -1338,6 +1342,9 @@ impl<'a> Scenario<'a> {
             self.report.runs += e.runs.len();
             for r in &e.runs {
                 *self.report.run_outcomes.entry(run_name(r)).or_default() += 1;
+                if r.outcome() == RunOutcome::StartFailed {
+                    self.report.start_failures += 1;
+                }
             }
         }
         // Listed, and stored with the spec that was acknowledged (a list
