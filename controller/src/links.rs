@@ -51,6 +51,9 @@ pub struct Live {
     pub sample: Option<v1::TelemetrySample>,
     /// The stream is up.
     pub connected: bool,
+    /// Counts the connections made to the node: a call's failure on one
+    /// connection says nothing of a later one.
+    pub connection: u64,
     /// The last power-mode switch the node reported, with the board's time
     /// of it: a sample taken before that time (still on its way when the
     /// event came) does not bring the old mode back.
@@ -191,6 +194,30 @@ impl Links {
         }
     }
 
+    /// The connection to `node` now, for [`Links::connection_lost`].
+    pub fn connection(&self, node: &str) -> Option<u64> {
+        self.live
+            .lock()
+            .expect("not poisoned")
+            .get(node)
+            .map(|l| l.connection)
+    }
+
+    /// A call on connection `connection` of `node` failed because the
+    /// connection itself failed (a call cut off, a board that cannot be
+    /// dialled): the node takes no new work until its link has reconnected
+    /// or the stream shows it is still up. Its stream may take a while to
+    /// notice (it has to read the end of the connection), and meanwhile
+    /// every placement there would fail the same way at once.
+    pub fn connection_lost(&self, node: &str, connection: u64) {
+        if let Some(l) = self.live.lock().expect("not poisoned").get_mut(node) {
+            if l.connection == connection && l.connected {
+                tracing::debug!(%node, "a call found the connection down; no placement until it is back");
+                l.connected = false;
+            }
+        }
+    }
+
     pub fn all_live(&self) -> HashMap<String, Live> {
         self.live.lock().expect("not poisoned").clone()
     }
@@ -268,6 +295,7 @@ async fn follow(
         l.thermal_hold = None;
         l.switched = None;
         l.connected = true;
+        l.connection += 1;
         l.last_seen = Some(Instant::now());
         l.last_seen_unix_us = Some(now_us());
     }
@@ -290,6 +318,9 @@ async fn follow(
             let l = map.entry(node.to_owned()).or_default();
             l.last_seen = Some(Instant::now());
             l.last_seen_unix_us = Some(now_us());
+            // Still streaming: a call that took the connection for lost
+            // (see `Links::connection_lost`) was wrong.
+            l.connected = true;
             if apply_update(l, &update) {
                 let warn_c = l.info.as_ref().map(|i| i.warn_c);
                 l.sample.as_ref().is_some_and(|s| {

@@ -55,8 +55,21 @@ pub enum Done {
         id: ExperimentId,
         node: String,
         epoch: u64,
+        /// The link's connection the start was sent on.
+        connection: u64,
         result: Result<v1::ExperimentStatus, tonic::Status>,
     },
+}
+
+/// A call that failed because its connection failed (cut off mid-call, or
+/// no connection to be had), not because the board answered so: the board
+/// may or may not have done what was asked. A status the board sent has
+/// no source; one made on this side from a transport error has.
+fn connection_failed(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) && std::error::Error::source(status).is_some()
 }
 
 pub struct Reconciler {
@@ -252,6 +265,7 @@ impl Reconciler {
             return;
         };
         tracing::debug!(experiment = %id.as_str(), node = %node.as_str(), epoch, "dispatching");
+        let connection = self.links.connection(node.as_str()).unwrap_or_default();
         self.in_flight.insert(key);
         let done = self.done_tx.clone();
         let switched = self.switched.clone();
@@ -296,6 +310,7 @@ impl Reconciler {
                     id,
                     node: node.as_str().to_owned(),
                     epoch,
+                    connection,
                     result,
                 })
                 .await;
@@ -315,6 +330,7 @@ impl Reconciler {
                 id,
                 node,
                 epoch,
+                connection,
                 result,
             } = d;
             let status = match result {
@@ -324,6 +340,7 @@ impl Reconciler {
                         id,
                         node,
                         epoch,
+                        connection,
                         result: Err(e),
                     });
                     continue;
@@ -339,6 +356,7 @@ impl Reconciler {
                     id,
                     node,
                     epoch,
+                    connection,
                     result: Ok(status),
                 }),
                 Err(e) => {
@@ -451,6 +469,7 @@ impl Reconciler {
             id,
             node,
             epoch,
+            connection,
             result,
         } = d;
         self.in_flight.remove(&(id.as_str().to_owned(), epoch));
@@ -463,6 +482,17 @@ impl Reconciler {
         }
         let outcome = match result {
             Ok(status) => self.apply(&node, &status).await,
+            // The connection failed under the start (an agent restarting,
+            // a board going away): the start may have run. The placement
+            // stays, with its epoch; the link's reconnection adopts the run
+            // or sends the start again (it is idempotent per epoch), and a
+            // board silent for the heartbeat timeout gives it back to the
+            // queue (`health`). Nothing more goes to the node meanwhile.
+            Err(status) if connection_failed(&status) => {
+                tracing::info!(experiment = %id.as_str(), %node, epoch, error = %status.message(), "the connection failed under a start; waiting for the link");
+                self.links.connection_lost(&node, connection);
+                Ok(())
+            }
             Err(status) => {
                 let rec = match self.store.experiment(&id) {
                     Ok(Some(r)) if r.epoch == epoch && r.phase == Phase::Placing => r,
@@ -957,6 +987,12 @@ impl Reconciler {
         Ok(())
     }
 
+    /// A start of `rec`'s placement is on its way.
+    fn dispatching(&self, rec: &ExperimentRecord) -> bool {
+        self.in_flight
+            .contains(&(rec.id.as_str().to_owned(), rec.epoch))
+    }
+
     /// Unreachable and lost nodes.
     async fn health(&mut self) -> Result<(), StoreError> {
         let now = Instant::now();
@@ -1007,6 +1043,24 @@ impl Reconciler {
                     }
                     for id in &node.experiments {
                         if let Some(rec) = self.store.experiment(id)? {
+                            // Not started (or not known to be): another
+                            // node may take it; a copy that did start here
+                            // is stale when the board is back.
+                            if rec.phase == Phase::Placing && !self.dispatching(&rec) {
+                                let msg = format!("{name} is unreachable; not started there");
+                                let t = Transition::new(
+                                    rec.id.clone(),
+                                    rec.phase,
+                                    Phase::Queued,
+                                    ACTOR,
+                                    msg.clone(),
+                                )
+                                .fenced(rec.epoch)
+                                .end_run(RunEnd::new(RunOutcome::StartFailed, msg));
+                                self.transition(t).await?;
+                                self.poke.notify_one();
+                                continue;
+                            }
                             if matches!(rec.phase, Phase::Running | Phase::Starting) {
                                 let t = Transition::new(
                                     rec.id.clone(),
@@ -1196,6 +1250,23 @@ mod tests {
         let mut t = thermal(T::Warn, T::Normal, "  ");
         t.celsius = None;
         assert_eq!(thermal_message(&t), "thermal warn → normal: zone CPU-therm");
+    }
+
+    #[test]
+    fn a_failed_connection_is_told_from_a_board_that_refused() {
+        // What the board answers: a refusal (too hot, systemd busy).
+        assert!(!connection_failed(&tonic::Status::unavailable(
+            "refused: the board is too hot"
+        )));
+        assert!(!connection_failed(&tonic::Status::invalid_argument("bad")));
+        // What this side makes of a connection that failed.
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let cut = tonic::Status::from_error(Box::new(refused));
+        assert!(connection_failed(&cut), "{cut:?}");
+        // Our own deadline: the board may be frozen; the old rule stands.
+        assert!(!connection_failed(&tonic::Status::deadline_exceeded(
+            "the board did not answer the start in time"
+        )));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod authz_table;
 pub mod controller;
+pub mod faults;
 pub mod hwsim;
 pub mod pki;
 pub mod poll;
