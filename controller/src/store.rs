@@ -912,31 +912,23 @@ impl Store {
     pub async fn submit(&self, spec: &ExperimentSpec, by: &str) -> Result<Submitted, StoreError> {
         let id = spec.id().clone();
         let key = id.as_str().as_bytes();
-        let wire = spec.to_proto().encode_to_vec();
+        let proto = spec.to_proto();
+        let wire = proto.encode_to_vec();
         let req = Requirements::of(spec);
         let requeue_on_disruption = spec.lifecycle().on_disruption() == DisruptionPolicy::Requeue;
-        let stored = self.txn(|tx| {
-            let Some(bytes) = tx.experiments.get(key)? else {
-                return Ok(None);
-            };
-            if tx.specs.get(key)?.as_deref() != Some(wire.as_slice()) {
-                return abort(StoreError::ExperimentExists { id: id.clone() });
-            }
-            Ok(Some(bytes))
-        })?;
-        if let Some(bytes) = stored {
-            let record: ExperimentRecord = decode("experiments", key, &bytes)?;
-            // What answered the first time may not have been flushed yet.
-            self.commit(self.stored_event_seq()?).await?;
-            return Ok(Submitted {
-                record,
-                event_seq: 0,
-                already: true,
-            });
-        }
-        let (record, event) = self.txn(|tx| {
-            if tx.experiments.get(key)?.is_some() {
-                return abort(StoreError::ExperimentExists { id: id.clone() });
+        let written = self.txn(|tx| {
+            if let Some(bytes) = tx.experiments.get(key)? {
+                // The same spec again: compared as values, not bytes (maps
+                // such as env encode in no fixed order).
+                let same = tx
+                    .specs
+                    .get(key)?
+                    .and_then(|stored| v1::ExperimentSpec::decode(stored.as_ref()).ok())
+                    .is_some_and(|stored| stored == proto);
+                if !same {
+                    return abort(StoreError::ExperimentExists { id: id.clone() });
+                }
+                return Ok(Err(bytes));
             }
             let seq = tx.bump(META_SUBMIT_SEQ)?;
             let mut record = ExperimentRecord {
@@ -965,8 +957,21 @@ impl Store {
                 None,
                 Some(Phase::Queued),
             )?;
-            Ok((record, event))
+            Ok(Ok((record, event)))
         })?;
+        let (record, event) = match written {
+            Ok(written) => written,
+            Err(bytes) => {
+                let record: ExperimentRecord = decode("experiments", key, &bytes)?;
+                // What answered the first time may not have been flushed yet.
+                self.commit(self.stored_event_seq()?).await?;
+                return Ok(Submitted {
+                    record,
+                    event_seq: 0,
+                    already: true,
+                });
+            }
+        };
         self.commit(event.seq).await?;
         Ok(Submitted {
             record,

@@ -251,6 +251,27 @@ async fn the_same_spec_again_is_answered_as_already_there() {
     assert_eq!(dump(&store), before);
     let b = store.submit(&spec("b", 0), "user/alice").await.unwrap();
     assert_eq!((b.record.submit_seq, b.event_seq), (2, 2));
+
+    // Maps (env, labels) encode in no fixed order: the same spec built
+    // anew, as a retrying client builds it, is still the same spec.
+    let with_env = || {
+        let mut w = wire("c", 0);
+        w.env = (0..16)
+            .map(|i| (format!("VAR_{i}"), format!("value {i}")))
+            .collect();
+        ExperimentSpec::try_from(&w).unwrap()
+    };
+    assert!(
+        !store
+            .submit(&with_env(), "user/alice")
+            .await
+            .unwrap()
+            .already
+    );
+    for _ in 0..8 {
+        let again = store.submit(&with_env(), "user/alice").await.unwrap();
+        assert!(again.already);
+    }
 }
 
 #[tokio::test]
