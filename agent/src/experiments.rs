@@ -439,6 +439,7 @@ impl Experiments {
             crashes_in_run: 0,
             disruptions: 0,
             board_restarts: 0,
+            run_started_us: 0,
             last_outcome: None,
             superseded_invocation: None,
         });
@@ -810,8 +811,18 @@ impl Experiments {
     /// in the board's shutdown when the manager is stopping, or when it
     /// ended before the manager that runs now started (the agent was down
     /// with the board). Such a run is a disruption, counted once.
+    ///
+    /// A run that ends, however, while the manager is stopping (a program
+    /// that traps the shutdown's SIGTERM and exits) is one too: its work was
+    /// cut short, and it is requeued rather than taken for its own end.
     async fn mark_shutdown(&self, rec: &mut Record, o: &mut crate::store::Outcome) {
-        if rec.desired != Desired::Running || !status::unrequested_signal(o) {
+        if rec.desired != Desired::Running {
+            return;
+        }
+        let state = self.systemd.system_state().await;
+        let stopping = matches!(state.as_deref(), Ok("stopping"));
+        let signal = status::unrequested_signal(o);
+        if !signal && !stopping {
             return;
         }
         let before_boot = self
@@ -819,15 +830,18 @@ impl Experiments {
             .started_us()
             .await
             .is_some_and(|boot| o.ended_us < boot);
-        o.shutdown = before_boot || self.systemd.is_stopping().await;
+        // A manager that cannot be asked is taken to be going down when the
+        // run died of a signal: that is what a shutdown looks like from here.
+        o.shutdown = stopping || signal && (before_boot || state.is_err());
         if o.shutdown {
             rec.disruptions += 1;
         }
         tracing::info!(
             experiment = %rec.id,
-            signal = o.exec_main_status,
+            code = o.exec_main_code,
+            status = o.exec_main_status,
             shutdown = o.shutdown,
-            "the run died of a signal the agent did not send"
+            "the run ended while fleet wanted it running"
         );
     }
 
@@ -863,6 +877,7 @@ impl Experiments {
             || r.invocation_id == p.invocation_id
             || seen
             || rec.is_superseded(&r.invocation_id)
+            || r.at_us < rec.run_started_us
         {
             return None;
         }
@@ -946,6 +961,7 @@ impl Experiments {
                         crashes_in_run: 0,
                         disruptions: 0,
                         board_restarts: 0,
+                        run_started_us: 0,
                         last_outcome: None,
                         superseded_invocation: None,
                     })

@@ -237,13 +237,24 @@ pub fn derive(unit: &str, rec: &Record, props: Option<&UnitProps>) -> Status {
         st.failure = failure;
         st.failure_message = msg;
         st.result = o.result.clone();
+        if o.shutdown {
+            // Whatever the program made of it, the shutdown cut it short.
+            let how = match (code, sig) {
+                (_, Some(sig)) => signal_name(sig),
+                (Some(code), None) => format!("exited with code {code}"),
+                (None, None) => o.result.clone(),
+            };
+            // The controller tells a shutdown from the guard's stop (no
+            // failure) by it.
+            if st.failure == Failure::None {
+                st.failure = Failure::Signal;
+            }
+            st.failure_message = format!("interrupted by the board's shutdown ({how})");
+            return State::Disrupted;
+        }
         if unrequested_signal(o) {
             let name = signal_name(sig.unwrap_or(0));
             st.failure = Failure::Signal;
-            if o.shutdown {
-                st.failure_message = format!("interrupted by the board's shutdown ({name})");
-                return State::Disrupted;
-            }
             st.failure_message = format!("killed by {name}, which fleet did not send");
             return State::Failed;
         }
@@ -318,6 +329,7 @@ mod tests {
             crashes_in_run: 2,
             disruptions: 0,
             board_restarts: 0,
+            run_started_us: 0,
             last_outcome: None,
             superseded_invocation: None,
         }
@@ -487,6 +499,22 @@ mod tests {
             r.desired = Desired::Stopped;
             assert_eq!(derive("u", &r, Some(&p)).state, State::Stopped);
         }
+        // A program that traps the shutdown's SIGTERM and exits: cut short
+        // all the same.
+        let mut r = rec(Desired::Running);
+        let mut p = props("inactive", "dead", "success");
+        p.exec_main_code = CLD_EXITED;
+        p.invocation_id = "b".into();
+        r.last_outcome = Some(Outcome {
+            shutdown: true,
+            ..outcome_of(&p, false, 5)
+        });
+        let st = derive("u", &r, Some(&p));
+        assert_eq!((st.state, st.failure), (State::Disrupted, Failure::Signal));
+        assert_eq!(
+            st.failure_message,
+            "interrupted by the board's shutdown (exited with code 0)"
+        );
         // An exit with code 0 is a success, and a signal that is not clean a
         // crash, as before.
         let r = rec(Desired::Running);

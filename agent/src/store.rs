@@ -82,6 +82,10 @@ pub struct Record {
     /// interrupted it (autostart).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub board_restarts: u64,
+    /// When the current run was set up (µs since the epoch): an exit record
+    /// older than that is an earlier run's, never this one's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run_started_us: u64,
     pub last_outcome: Option<Outcome>,
     /// The invocation that was the unit's last when a new run was set up
     /// (a start of a new epoch, a restart). Until systemd starts another,
@@ -117,6 +121,7 @@ impl Record {
         self.crashes_before += self.crashes_in_run;
         self.crashes_in_run = 0;
         self.board_restarts = 0;
+        self.run_started_us = fleet_proto::unix::now_us().max(0) as u64;
         self.last_outcome = None;
         self.superseded_invocation = current.filter(|i| !i.is_empty()).map(str::to_owned);
     }
@@ -238,6 +243,7 @@ mod tests {
             crashes_in_run: 0,
             disruptions: 0,
             board_restarts: 0,
+            run_started_us: 0,
             last_outcome: None,
             superseded_invocation: None,
         }

@@ -203,17 +203,13 @@ impl Systemd {
         self.manager.version().await.unwrap_or_default()
     }
 
-    /// Whether the manager is shutting the board down (`SystemState` is
-    /// `stopping`). A manager that cannot be asked is taken to be going
-    /// down: it is what a board's shutdown looks like from outside.
-    pub async fn is_stopping(&self) -> bool {
-        match self.manager.system_state().await {
-            Ok(state) => state == "stopping",
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the manager's state");
-                true
-            }
-        }
+    /// The manager's `SystemState`: `stopping` while it shuts the board
+    /// down.
+    pub async fn system_state(&self) -> Result<String, SystemdError> {
+        self.manager
+            .system_state()
+            .await
+            .map_err(Self::call_err("read the state of", "the manager"))
     }
 
     /// When the manager started (µs since the epoch), i.e. the board's
