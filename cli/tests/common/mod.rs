@@ -152,14 +152,25 @@ impl Home {
     /// (`events -f`, `logs -f`).
     pub fn spawn(&self, args: &[&str]) -> Spawned {
         use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         use std::process::Stdio;
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fleetctl");
+            .stderr(Stdio::piped());
+        // A test run started in the background by a shell without job
+        // control inherits SIGINT ignored, and so would fleetctl: give it
+        // the default action, as at a terminal, so `interrupt` is Ctrl-C.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("spawn fleetctl");
         let (tx, lines) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -257,7 +268,19 @@ impl Spawned {
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
         }
-        let _ = self.child.wait();
+        // It must end on Ctrl-C; waiting for ever would hang the suite.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "fleetctl did not end within 20 s of SIGINT; stderr:\n{}",
+                    self.stderr_now()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         // The reader ends at the end of the pipe, which the exit closed.
         if let Some(reader) = self.stderr_reader.take() {
             let _ = reader.join();
