@@ -31,6 +31,9 @@ use crate::store::{
 };
 
 const ACTOR: &str = "controller";
+/// Starts of one placement that may be cut off by their connection before
+/// the placement goes back to the queue as not started.
+const MAX_STARTS_CUT_OFF: u32 = 5;
 /// How long a start may take on a board before the placement is retried.
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -84,6 +87,9 @@ pub struct Reconciler {
     said_lost: BTreeSet<String>,
     /// Dispatches in flight, so a pass does not dispatch twice.
     in_flight: BTreeSet<(String, u64)>,
+    /// Starts cut off by their connection, per placement (experiment,
+    /// epoch); see [`MAX_STARTS_CUT_OFF`].
+    cut_off: HashMap<(String, u64), u32>,
     /// The power mode a dispatch switched the board to before starting the
     /// placement (experiment, epoch): the mode its run starts in, whether
     /// the board's news of the switch arrived before the start or not.
@@ -127,6 +133,7 @@ impl Reconciler {
                 said_unreachable: BTreeSet::new(),
                 said_lost: BTreeSet::new(),
                 in_flight: BTreeSet::new(),
+                cut_off: HashMap::new(),
                 switched: Arc::default(),
                 metrics: Arc::default(),
                 records: RecordCache::default(),
@@ -349,6 +356,7 @@ impl Reconciler {
             match self.accepted_start(&node, &status) {
                 Ok(Some(b)) => {
                     self.in_flight.remove(&(id.as_str().to_owned(), epoch));
+                    self.cut_off.remove(&(id.as_str().to_owned(), epoch));
                     tracing::debug!(experiment = %id.as_str(), %node, epoch, ok = true, "dispatch done");
                     starts.push((node, b));
                 }
@@ -488,12 +496,16 @@ impl Reconciler {
             // or sends the start again (it is idempotent per epoch), and a
             // board silent for the heartbeat timeout gives it back to the
             // queue (`health`). Nothing more goes to the node meanwhile.
-            Err(status) if connection_failed(&status) => {
+            Err(status)
+                if connection_failed(&status)
+                    && self.start_cut_off(&id, epoch) <= MAX_STARTS_CUT_OFF =>
+            {
                 tracing::info!(experiment = %id.as_str(), %node, epoch, error = %status.message(), "the connection failed under a start; waiting for the link");
                 self.links.connection_lost(&node, connection);
                 Ok(())
             }
             Err(status) => {
+                self.cut_off.remove(&(id.as_str().to_owned(), epoch));
                 let rec = match self.store.experiment(&id) {
                     Ok(Some(r)) if r.epoch == epoch && r.phase == Phase::Placing => r,
                     _ => return,
@@ -515,6 +527,23 @@ impl Reconciler {
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "recording a start failed");
         }
+    }
+
+    /// Counts a start of (`id`, `epoch`) cut off by its connection; the
+    /// count so far. A placement whose starts keep failing so while its link
+    /// looks up goes back to the queue like a refusal.
+    fn start_cut_off(&mut self, id: &ExperimentId, epoch: u64) -> u32 {
+        // Placements adopted on a reconnection leave their count behind:
+        // forget them all now and then rather than keep them for ever.
+        if self.cut_off.len() > 4096 {
+            self.cut_off.clear();
+        }
+        let n = self
+            .cut_off
+            .entry((id.as_str().to_owned(), epoch))
+            .or_insert(0);
+        *n += 1;
+        *n
     }
 
     async fn on_report(&mut self, r: Report) {
