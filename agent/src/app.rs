@@ -141,7 +141,7 @@ impl App {
             Some(_) => match ClientTls::new(self.files.clone()) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::error!(error = %crate::grpc::error_chain(&e), "cannot join the controller: the agent certificate does not work as a client certificate; serving without joining");
+                    tracing::error!(error = %fleet_proto::daemon::error_chain(&e), "cannot join the controller: the agent certificate does not work as a client certificate; serving without joining");
                     None
                 }
             },
@@ -230,7 +230,7 @@ impl App {
                 // the experiments are systemd's and keep running.
                 let why = match watched {
                     Ok(Ok(())) => "the D-Bus connection to systemd closed".to_owned(),
-                    Ok(Err(e)) => crate::grpc::error_chain(&e),
+                    Ok(Err(e)) => fleet_proto::daemon::error_chain(&e),
                     Err(e) => e.to_string(),
                 };
                 anyhow::bail!("lost systemd: {why}");

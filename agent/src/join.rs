@@ -19,8 +19,8 @@ use fleet_proto::v1;
 use fleet_proto::v1::controller_client::ControllerClient;
 
 use crate::config::{HostPort, JoinSettings};
-use crate::grpc::error_chain;
 use crate::node::Node;
+use fleet_proto::daemon::error_chain;
 
 /// The wait after the first failed attempt; it doubles up to
 /// `controller.retry_max_s`.

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let config = match AgentConfig::from_file(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("fleet-agent: {}", fleet_agent::grpc::error_chain(&e));
+            eprintln!("fleet-agent: {}", fleet_proto::daemon::error_chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };

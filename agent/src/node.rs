@@ -172,7 +172,7 @@ impl Node {
         let hw = JetsonHardware::from_config(&hw_config);
         let (conf, conf_problem) = match hw.power_modes().modes().await {
             Ok(c) => (Some(c), String::new()),
-            Err(e) => (None, crate::grpc::error_chain(&e)),
+            Err(e) => (None, fleet_proto::daemon::error_chain(&e)),
         };
         if !conf_problem.is_empty() {
             tracing::info!(problem = %conf_problem, "no power modes on this board");
@@ -180,7 +180,7 @@ impl Node {
         let identity = match crate::hw::read_identity(hw_config.identity_root()).await {
             Ok(i) => Some(i),
             Err(e) => {
-                tracing::info!(error = %crate::grpc::error_chain(&e), "board identity unknown");
+                tracing::info!(error = %fleet_proto::daemon::error_chain(&e), "board identity unknown");
                 None
             }
         };
@@ -261,7 +261,7 @@ impl Node {
                     })
                     .collect::<Vec<_>>(),
                 Err(e) => {
-                    tracing::warn!(error = %crate::grpc::error_chain(&e), "cannot list experiments for telemetry");
+                    tracing::warn!(error = %fleet_proto::daemon::error_chain(&e), "cannot list experiments for telemetry");
                     Vec::new()
                 }
             };
@@ -297,7 +297,7 @@ impl Node {
                     let ids = experiments.active_ids().await.unwrap_or_default();
                     for id in &ids {
                         if let Err(e) = experiments.stop(id, true).await {
-                            tracing::error!(experiment = %id, error = %crate::grpc::error_chain(&e), "thermal stop failed");
+                            tracing::error!(experiment = %id, error = %fleet_proto::daemon::error_chain(&e), "thermal stop failed");
                         }
                     }
                     done.push(format!("stopping {} experiment(s)", ids.len()));
@@ -314,7 +314,7 @@ impl Node {
                     {
                         Ok(_) => done.push(format!("power mode {mode} ({reason})")),
                         Err(e) => {
-                            tracing::error!(%mode, error = %crate::grpc::error_chain(&e), "thermal power-mode switch failed");
+                            tracing::error!(%mode, error = %fleet_proto::daemon::error_chain(&e), "thermal power-mode switch failed");
                             done.push(format!("power mode {mode} failed: {e}"));
                         }
                     }
@@ -365,7 +365,7 @@ impl Node {
                 allow_reboot,
             })
             .await
-            .map_err(|e| NodeError::Hardware(crate::grpc::error_chain(&e)))?;
+            .map_err(|e| NodeError::Hardware(fleet_proto::daemon::error_chain(&e)))?;
         hw.refresh_power_state();
         if let SetModeOutcome::Switched { mode: to } = &outcome {
             // GetNode and watchers see the confirmed mode now, not after
@@ -421,7 +421,7 @@ impl Node {
             hw.clocks().unlock().await
         };
         hw.refresh_power_state();
-        result.map_err(|e| NodeError::Hardware(crate::grpc::error_chain(&e)))
+        result.map_err(|e| NodeError::Hardware(fleet_proto::daemon::error_chain(&e)))
     }
 
     pub async fn info(&self) -> NodeInfo {

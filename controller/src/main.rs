@@ -47,10 +47,7 @@ fn main() -> ExitCode {
     let config = match ControllerConfig::from_file(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "fleet-controller: {}",
-                fleet_controller::grpc::error_chain(&e)
-            );
+            eprintln!("fleet-controller: {}", fleet_proto::daemon::error_chain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -180,7 +180,12 @@ pub async fn serve(
     fleet_proto::daemon::serve_metrics(listener, move || {
         Snapshot::read(&metrics, &store, &links, &settings)
             .map(|s| render(&s))
-            .map_err(|e| format!("cannot read the store: {}", crate::grpc::error_chain(&e)))
+            .map_err(|e| {
+                format!(
+                    "cannot read the store: {}",
+                    fleet_proto::daemon::error_chain(&e)
+                )
+            })
     })
     .await
 }
