@@ -1254,9 +1254,13 @@ struct Pending {
 
 impl Pending {
     /// Registers a new handshake from `ip`, first dropping the oldest one
-    /// from the same address, or overall, that a limit leaves no room for.
-    /// Returns its id and what ends it early.
+    /// from the same address, or, when all are taken, the oldest one of the
+    /// address that holds the most, that a limit leaves no room for.
+    /// Returns its id and what ends it early. An IPv6 peer counts by its
+    /// /64: one host is given a whole /64, and must not get a limit per
+    /// address in it.
     fn admit(&mut self, ip: IpAddr, options: &IncomingOptions) -> (u64, oneshot::Receiver<()>) {
+        let ip = limit_group(ip);
         let per_ip = options.max_handshakes_per_ip.max(1);
         let max = options.max_concurrent_handshakes.max(1);
         let from_ip = self.per_ip.get(&ip).map_or(0, VecDeque::len);
@@ -1267,8 +1271,22 @@ impl Pending {
             }
         }
         if self.by_id.len() >= max {
-            if let Some(oldest) = self.by_id.keys().next().copied() {
-                debug!(limit = max, "dropping the oldest pending TLS handshake");
+            // The flood pays: the busiest address loses its oldest, so
+            // sockets from a few addresses cannot push out everyone else's.
+            let busiest = self
+                .per_ip
+                .values()
+                .filter_map(|q| {
+                    q.front()
+                        .map(|&oldest| (q.len(), std::cmp::Reverse(oldest)))
+                })
+                .max()
+                .map(|(_, std::cmp::Reverse(oldest))| oldest);
+            if let Some(oldest) = busiest {
+                debug!(
+                    limit = max,
+                    "dropping the oldest pending TLS handshake of the busiest address"
+                );
                 self.remove(oldest);
             }
         }
@@ -1315,6 +1333,18 @@ impl Drop for PendingGuard {
 
 /// The address a peer is counted under: an IPv4 peer on an IPv6 socket
 /// counts as its IPv4 address.
+/// What the per-address handshake limit counts by: an IPv4 address, or
+/// an IPv6 /64.
+fn limit_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 fn peer_ip(addr: SocketAddr) -> IpAddr {
     match addr.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -2106,6 +2136,33 @@ mod pending_tests {
         p.remove(b2);
         assert_eq!(p.len(), 2);
         assert_eq!(p.per_ip.get(&b).map(VecDeque::len), Some(1));
+    }
+
+    #[test]
+    fn a_flood_from_one_prefix_cannot_push_out_other_peers() {
+        let o = options(32, 4);
+        let mut p = Pending::default();
+        // A real peer's handshake, then a flood from one IPv6 /64, each
+        // socket from another address in it.
+        let (_, mut real) = p.admit("192.0.2.7".parse().unwrap(), &o);
+        let mut flood = Vec::new();
+        for i in 1..=40u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i));
+            flood.push(p.admit(ip, &o).1);
+        }
+        // The /64 counts as one address: it holds at most 3 of the 4 places
+        // and never the real peer's.
+        assert!(real
+            .try_recv()
+            .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.per_ip.len(), 2);
+        let alive = flood
+            .iter_mut()
+            .map(|rx| rx.try_recv())
+            .filter(|r| *r == Err(oneshot::error::TryRecvError::Empty))
+            .count();
+        assert_eq!(alive, 3);
     }
 
     #[test]
