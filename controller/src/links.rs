@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::live::{at_or_above_warn, RunHeats};
+use crate::live::{at_or_above_warn, NodeLive, RunHeats, Settings};
 use crate::scheduler::Link;
 
 /// What a link tells the reconciler.
@@ -440,6 +440,27 @@ fn apply_update(l: &mut Live, update: &v1::NodeUpdate) -> bool {
         },
         None => false,
     }
+}
+
+/// The live state of a node as the wire and the scheduler take it.
+pub fn node_live(l: &Live, now: Instant, s: &Settings) -> NodeLive {
+    NodeLive {
+        link: l.link(now, s.heartbeat, s.lost_after),
+        last_seen_unix_us: l.last_seen_unix_us,
+        info: l.info.clone(),
+        sample: l.sample.clone(),
+    }
+}
+
+/// A node's live state as placement sees it: a board whose stream is down
+/// takes no new work, even while it is not yet silent for long enough to
+/// count as unreachable (the start would have no stream to report on).
+pub fn placement_live(l: &Live, now: Instant, s: &Settings) -> NodeLive {
+    let mut v = node_live(l, now, s);
+    if v.link == Link::Fresh && !l.connected {
+        v.link = Link::Down;
+    }
+    v
 }
 
 #[cfg(test)]

@@ -19,6 +19,15 @@ use fleet_proto::v1;
 use crate::model::UnixMicros;
 use crate::scheduler::Link;
 
+/// The timing and capacity settings the reconciler, the fleet view and
+/// the metrics share.
+pub struct Settings {
+    pub heartbeat: std::time::Duration,
+    pub lost_after: std::time::Duration,
+    pub tick: std::time::Duration,
+    pub slots_per_node: u32,
+}
+
 /// One node's live state, as the node links keep it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeLive {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use fleet_proto::v1;
 
+use crate::links::node_live;
 use crate::links::Links;
+use crate::live::Settings;
 use crate::model::UnixMicros;
-use crate::reconciler::{node_live, Settings};
 use crate::store::{Store, StoreError};
 
 /// Upper bounds of the latency histogram, in seconds: from one pass on an

@@ -44,12 +44,8 @@ pub const REASON_STOP: &str = "stop: ";
 pub const REASON_DRAIN: &str = "requeue: drained";
 pub const REASON_RESTART: &str = "requeue: restart";
 
-pub struct Settings {
-    pub heartbeat: Duration,
-    pub lost_after: Duration,
-    pub tick: Duration,
-    pub slots_per_node: u32,
-}
+pub use crate::links::{node_live, placement_live};
+pub use crate::live::Settings;
 
 /// Results of calls the reconciler made without waiting.
 #[derive(Debug)]
@@ -1223,27 +1219,6 @@ fn thermal_message(t: &v1::ThermalChanged) -> String {
         m.push_str(action);
     }
     m
-}
-
-/// The live state of a node as the wire and the scheduler take it.
-pub fn node_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::live::NodeLive {
-    crate::live::NodeLive {
-        link: l.link(now, s.heartbeat, s.lost_after),
-        last_seen_unix_us: l.last_seen_unix_us,
-        info: l.info.clone(),
-        sample: l.sample.clone(),
-    }
-}
-
-/// A node's live state as placement sees it: a board whose stream is down
-/// takes no new work, even while it is not yet silent for long enough to
-/// count as unreachable (the start would have no stream to report on).
-pub fn placement_live(l: &crate::links::Live, now: Instant, s: &Settings) -> crate::live::NodeLive {
-    let mut v = node_live(l, now, s);
-    if v.link == Link::Fresh && !l.connected {
-        v.link = Link::Down;
-    }
-    v
 }
 
 /// The default policy when none was ever set.
