@@ -308,6 +308,9 @@ impl Layout {
         static PROBES: AtomicU32 = AtomicU32::new(0);
         let n = PROBES.fetch_add(1, Ordering::Relaxed);
         let rel = format!("{ROOT}/probe-{}-{n}", std::process::id());
+        // No live process but this one has its pid: a probe cgroup of that
+        // name is a leftover of a dead process that had the same pid.
+        let _ = self.remove(&rel);
         self.create(&rel)?;
         let result = self.dirs(&rel).iter().try_for_each(|d| {
             let procs = d.join("cgroup.procs");
