@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The repository stands alone: no tracked file may read a path beside it.
 # A user's clone has nothing next to it, so a test, a script or a build step
-# that reaches for `../shared` or climbs out of the repository from a crate's
-# manifest directory works here and nowhere else.
+# that reaches for a sibling directory or climbs out of the repository from a
+# crate's manifest directory works here and nowhere else.
 #
 # .ci/run also runs everything in a copy of the repository in an empty
 # scratch directory, which catches what this grep cannot name.
